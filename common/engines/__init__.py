@@ -1,0 +1,7 @@
+"""Ignite/MONAI engines for multi-task training and evaluation."""
+
+from __future__ import annotations
+
+from .prepare_batch import MultiTaskPrepareBatch
+from .trainer import MultiTaskTrainer, active_tasks_for_epoch
+from .resume import ResumeSignature, find_resume_checkpoint

@@ -1,0 +1,138 @@
+"""MONAI SupervisedTrainer for multi-task networks: per-task losses combined by a weighting method."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.utils import CommonKeys as Keys
+from torch import nn
+
+from ..weighting import Weighting
+
+__all__ = ["MultiTaskTrainer", "active_tasks_for_epoch"]
+
+logger = logging.getLogger(__name__)
+
+
+def active_tasks_for_epoch(phases: Sequence[Mapping[str, Any]], epoch: int) -> list[str]:
+    """Tasks trained in 1-based ``epoch`` under a schedule of ``{"epochs": n, "tasks": [...]}`` phases.
+
+    Epochs past the last phase keep the last phase's tasks.
+    """
+    if not phases:
+        raise ValueError("phases must hold at least one phase.")
+    end = 0
+    for phase in phases:
+        end += int(phase["epochs"])
+        if epoch <= end:
+            return list(phase["tasks"])
+    return list(phases[-1]["tasks"])
+
+
+class MultiTaskTrainer(SupervisedTrainer):
+    """Trains a network returning ``{task: output}`` with a :class:`MultiTaskLoss` and a :class:`Weighting`.
+
+    Each iteration: forward, per-task losses of the active tasks with known labels, ``weighting.backward`` (one or
+    several backward passes; gradient methods touch the shared parameters only), optimiser step. The iteration
+    output holds ``loss`` (the weighted sum), ``task_losses`` and ``task_weights`` (floats) for the handlers.
+
+    Args:
+        weighting: combines the per-task losses into gradients; its state is checkpointed with the trainer's.
+        phases: training schedule, e.g. ``[{"epochs": 5, "tasks": ["mim"]}, {"epochs": 5, "tasks": ["cls"]}]``
+            for pre-training then fine-tuning; default: every task of the loss in every epoch.
+        inactive_task_kwargs: task -> network keyword arguments to use while that task is inactive (e.g.
+            ``{"mim": {"mim_mask": None}}`` skips the masked pass when MIM is not trained).
+        kwargs: the arguments of ``monai.engines.SupervisedTrainer``; ``decollate`` defaults to False.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        weighting: Weighting,
+        phases: Sequence[Mapping[str, Any]] | None = None,
+        inactive_task_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(*args, **kwargs)
+        if not isinstance(weighting, Weighting):
+            raise ValueError(f"weighting must be a common.weighting.Weighting, got {type(weighting).__name__}.")
+        self.weighting = weighting
+        task_names = list(getattr(self.loss_function, "task_names", weighting.task_names))
+        self.phases = list(phases) if phases else [{"epochs": 1, "tasks": task_names}]
+        for i, phase in enumerate(self.phases):
+            unknown = [t for t in phase.get("tasks", []) if t not in task_names]
+            if unknown or not phase.get("tasks"):
+                raise ValueError(f"phases[{i}] must name tasks among {task_names}, got {phase.get('tasks')}.")
+            if int(phase.get("epochs", 0)) < 1:
+                raise ValueError(f"phases[{i}]['epochs'] must be >= 1, got {phase.get('epochs')}.")
+        self.inactive_task_kwargs = {k: dict(v) for k, v in (inactive_task_kwargs or {}).items()}
+        self.active_tasks: list[str] = active_tasks_for_epoch(self.phases, 1)
+        self.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        self.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.weighting.on_epoch_end())
+
+    def _start_epoch(self, engine: MultiTaskTrainer) -> None:
+        tasks = active_tasks_for_epoch(self.phases, engine.state.epoch)
+        if tasks != self.active_tasks or engine.state.epoch == 1:
+            logger.info(f"epoch {engine.state.epoch}: training tasks {tasks}")
+        self.active_tasks = tasks
+
+    def _core_network(self) -> nn.Module:
+        net = self.network
+        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The network's shared parameters (``shared_parameters()`` if it has one, else all parameters)."""
+        core = self._core_network()
+        params = core.shared_parameters() if hasattr(core, "shared_parameters") else core.parameters()
+        return [p for p in params if p.requires_grad]
+
+    def _iteration(self, engine: MultiTaskTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
+        kwargs = dict(kwargs)
+        for task, off in self.inactive_task_kwargs.items():
+            if task not in self.active_tasks:
+                kwargs.update(off)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+
+        ddp = isinstance(engine.network, nn.parallel.DistributedDataParallel)
+        manual_sync = ddp and self.weighting.needs_task_gradients
+        ctx = engine.network.no_sync() if manual_sync else torch.enable_grad()
+        with ctx:
+            preds = engine.inferer(inputs, engine.network, *args, **kwargs)
+            losses = engine.loss_function(preds, targets, tasks=self.active_tasks)
+            if losses:
+                weights = self.weighting.backward(losses, self.shared_parameters())
+            else:
+                weights = {}
+        if manual_sync:
+            world = dist.get_world_size()
+            for p in engine.network.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for p in self.weighting.parameters():  # learnable task weights live outside DDP
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= dist.get_world_size()
+        if losses:
+            engine.optimizer.step()
+        total = sum(weights.get(k, 1.0) * float(v.detach()) for k, v in losses.items())
+        engine.state.output[Keys.PRED] = preds
+        engine.state.output[Keys.LOSS] = torch.tensor(total)
+        engine.state.output["task_losses"] = {k: float(v.detach()) for k, v in losses.items()}
+        engine.state.output["task_weights"] = {k: float(w) for k, w in weights.items()}
+        return engine.state.output

@@ -1,0 +1,7 @@
+"""Ignite handlers: per-task logging, metrics.json, prediction writers."""
+
+from __future__ import annotations
+
+from .metrics_json import MetricsJSONWriter
+from .slice_predictions import SlicePredictionWriter, overlay_heatmap
+from .task_logging import TaskEpochSummary, task_scalars

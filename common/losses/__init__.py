@@ -1,0 +1,6 @@
+"""Per-task losses and the multi-task loss that handles missing labels."""
+
+from __future__ import annotations
+
+from .multitask import MultiTaskLoss, valid_sample_mask
+from .reconstruction import MaskedMSELoss

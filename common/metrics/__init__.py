@@ -1,0 +1,8 @@
+"""Per-task metrics (ignite) and case-level bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+from .bootstrap import case_bootstrap_ci
+from .classification import BinaryTaskMetrics, roc_auc
+from .reconstruction import MaskedMSE
+from .counts import SampleCounts

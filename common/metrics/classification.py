@@ -1,0 +1,93 @@
+"""Ignite metrics for a binary classification task inside a multi-task output, skipping unknown labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from monai.metrics import compute_roc_auc
+from monai.utils import CommonKeys as Keys
+
+from .bootstrap import case_bootstrap_ci
+
+__all__ = ["BinaryTaskMetrics", "roc_auc"]
+
+
+def roc_auc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """ROC-AUC of scores against 0/1 labels (nan if one class is absent)."""
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return float(compute_roc_auc(torch.as_tensor(y_pred), torch.as_tensor(y_true)))
+
+
+class BinaryTaskMetrics(Metric):
+    """ROC-AUC with a case-level bootstrap 95% CI, and accuracy, of one binary task of a multi-task output.
+
+    Reads ``output["pred"][task]`` (logits, ``(B,)`` or ``(B, 1)``), ``output["label"][label_key]`` and the case
+    ids ``output["label"][case_key]``; samples whose label equals ``missing_value`` are skipped. ``compute``
+    returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_n}``.
+
+    Args:
+        task: key of the task's logits in the prediction dict.
+        label_key: key of the labels in the targets dict.
+        case_key: key of case ids in the targets dict (bootstrap unit); None resamples samples.
+        prefix: prefix of the returned keys (default ``task``).
+        threshold: probability threshold for accuracy.
+        n_bootstrap: bootstrap resamples (0 disables the CI).
+        missing_value: label value meaning "unknown".
+    """
+
+    def __init__(
+        self,
+        task: str,
+        label_key: str = Keys.LABEL,
+        case_key: str | None = "case",
+        prefix: str | None = None,
+        threshold: float = 0.5,
+        n_bootstrap: int = 1000,
+        missing_value: float = -1,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}.")
+        self.task, self.label_key, self.case_key = task, label_key, case_key
+        self.prefix = prefix or task
+        self.threshold, self.n_bootstrap, self.missing_value, self.seed = threshold, n_bootstrap, missing_value, seed
+        super().__init__(output_transform=lambda x: x, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._probs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._cases: list[Any] = []
+
+    @reinit__is_reduced
+    def update(self, output: dict[str, Any]) -> None:
+        logits = output[Keys.PRED][self.task].detach().float().reshape(-1).cpu()
+        labels = torch.as_tensor(output[Keys.LABEL][self.label_key]).detach().float().reshape(-1).cpu()
+        if logits.numel() != labels.numel():
+            raise ValueError(f"task '{self.task}': {logits.numel()} predictions for {labels.numel()} labels.")
+        known = (labels != self.missing_value) & torch.isfinite(labels)
+        self._probs.append(torch.sigmoid(logits)[known].numpy())
+        self._labels.append(labels[known].numpy())
+        cases = output[Keys.LABEL].get(self.case_key) if self.case_key else None
+        if cases is None:
+            cases = [f"s{len(self._cases) + i}" for i in range(len(labels))]
+        self._cases.extend(c for c, k in zip(list(cases), known.tolist()) if k)
+
+    def compute(self) -> dict[str, float]:
+        probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0)
+        out = {
+            f"{self.prefix}_auc": roc_auc(probs, labels),
+            f"{self.prefix}_accuracy": float(np.mean((probs >= self.threshold) == (labels > 0.5))) if len(labels) else float("nan"),
+            f"{self.prefix}_n": int(len(labels)),
+        }
+        if self.n_bootstrap:
+            low, high = case_bootstrap_ci(roc_auc, probs, labels, self._cases, self.n_bootstrap, seed=self.seed)
+            out[f"{self.prefix}_auc_ci_low"], out[f"{self.prefix}_auc_ci_high"] = low, high
+        return out

@@ -1,0 +1,6 @@
+"""Multi-task networks: shared encoders with named task heads returning task-keyed dicts."""
+
+from __future__ import annotations
+
+from .multitask import MultiTaskNet
+from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout
