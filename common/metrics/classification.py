@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
+
 from ignite.metrics.metric import reinit__is_reduced
 from monai.metrics import compute_roc_auc
 from monai.utils import CommonKeys as Keys
+
+from .output_dict import OutputDictMetric
 
 from .bootstrap import case_bootstrap_ci
 
@@ -23,7 +25,7 @@ def roc_auc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     return float(compute_roc_auc(torch.as_tensor(y_pred), torch.as_tensor(y_true)))
 
 
-class BinaryTaskMetrics(Metric):
+class BinaryTaskMetrics(OutputDictMetric):
     """ROC-AUC with a case-level bootstrap 95% CI, and accuracy, of one binary task of a multi-task output.
 
     Reads ``output["pred"][task]`` (logits, ``(B,)`` or ``(B, 1)``), ``output["label"][label_key]`` and the case
@@ -39,6 +41,7 @@ class BinaryTaskMetrics(Metric):
         n_bootstrap: bootstrap resamples (0 disables the CI).
         missing_value: label value meaning "unknown".
     """
+
 
     def __init__(
         self,

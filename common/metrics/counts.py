@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ignite.metrics import Metric
+
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils import CommonKeys as Keys
+
+from .output_dict import OutputDictMetric
 
 __all__ = ["SampleCounts"]
 
 
-class SampleCounts(Metric):
+class SampleCounts(OutputDictMetric):
     """Returns ``{"n_<sample_name>": samples seen, "n_<case_name>": distinct case ids}``.
 
     Case ids are read from ``output["label"][case_key]``.
     """
+
 
     def __init__(self, case_key: str = "case", sample_name: str = "slices", case_name: str = "cases") -> None:
         self.case_key, self.sample_name, self.case_name = case_key, sample_name, case_name

@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
+
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.utils import CommonKeys as Keys
+
+from .output_dict import OutputDictMetric
 
 __all__ = ["MaskedMSE"]
 
 
-class MaskedMSE(Metric):
+class MaskedMSE(OutputDictMetric):
     """Mean squared reconstruction error over masked pixels, averaged over pixels of the whole data set.
 
     Reads ``output["pred"][task]``, the target ``output["label"][target_key]`` and the mask
     ``output["label"][mask_key]`` (1 = masked; all pixels when ``mask_key`` is None).
     """
+
 
     def __init__(
         self, task: str = "mim", target_key: str = "image", mask_key: str | None = "mim_mask", device: str = "cpu"

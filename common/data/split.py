@@ -1,0 +1,133 @@
+"""Patient-level train/validation/test splits and under-sampling, deterministic for a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["SPLIT_NAMES", "select_split", "split_cases", "subsample_cases"]
+
+#: Names of the sets returned by :func:`split_cases`.
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+
+def _unique_sorted(cases: Iterable[str]) -> list[str]:
+    """Sorted case ids; a repeated id is an error (a patient must not count twice)."""
+    cases = [str(c) for c in cases]
+    unique = sorted(set(cases))
+    if len(unique) != len(cases):
+        repeated = sorted({c for c in cases if cases.count(c) > 1})
+        raise ValueError(f"cases holds repeated ids {repeated}; pass each patient once.")
+    return unique
+
+
+def _set_size(n: int, fraction: float) -> int:
+    """Size of a held-out set: ``round(n * fraction)``, at least 1 when ``fraction > 0`` and ``n >= 3``."""
+    size = round(n * fraction)
+    if fraction > 0 and n >= 3:
+        size = max(size, 1)
+    return size
+
+
+def split_cases(
+    cases: Iterable[str], val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[str]]:
+    """Split case (patient) ids into train, validation and test sets.
+
+    The ids are sorted before a seeded shuffle, so the result depends only on the set of ids and the seed, not on
+    their order. With 3 or more cases every set whose fraction is > 0 is non-empty, and train always is.
+
+    Args:
+        cases: case ids, each once.
+        val_fraction: fraction of cases for validation, in [0, 1).
+        test_fraction: fraction of cases for test, in [0, 1); ``val_fraction + test_fraction < 1``.
+        seed: seed of the shuffle.
+
+    Returns:
+        ``{"train": [...], "validation": [...], "test": [...]}``, each list sorted.
+
+    Raises:
+        ValueError: bad fractions, repeated or no case ids.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}.")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 to leave training cases, got {val_fraction} + {test_fraction}."
+        )
+    ordered = _unique_sorted(cases)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("cases is empty: nothing to split.")
+    n_val, n_test = _set_size(n, val_fraction), _set_size(n, test_fraction)
+    while n - n_val - n_test < 1:  # keep at least one training case; shrink the larger held-out set
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
+    return {
+        "train": sorted(shuffled[n_val + n_test :]),
+        "validation": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+    }
+
+
+def subsample_cases(cases: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
+    """Keep a seeded random ``fraction`` of the cases (patient-level under-sampling), at least one.
+
+    Subsamples of one seed are nested: a smaller fraction keeps a subset of the cases of a larger one.
+
+    Args:
+        cases: case ids, each once.
+        fraction: share of cases to keep, in (0, 1].
+        seed: seed of the draw.
+
+    Returns:
+        The kept case ids, sorted.
+    """
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    ordered = _unique_sorted(cases)
+    if not ordered:
+        return []
+    size = max(1, round(len(ordered) * fraction))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return sorted(ordered[i] for i in order[:size])
+
+
+def select_split(
+    datalist: Sequence[dict],
+    split_name: str,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    fraction: float = 1.0,
+) -> list[dict]:
+    """Records of one split of a datalist (records carry a ``"case"`` key).
+
+    Args:
+        datalist: records, e.g. from :func:`~common.data.brats.build_brats_datalist`.
+        split_name: ``"train"``, ``"validation"``, ``"test"`` or ``"all"`` (every record, ``fraction`` ignored).
+        val_fraction: see :func:`split_cases`.
+        test_fraction: see :func:`split_cases`.
+        seed: seed of the split and of the under-sampling.
+        fraction: share of training cases to keep (:func:`subsample_cases`); other splits are never reduced.
+
+    Returns:
+        The records of the split, in datalist order.
+    """
+    names = (*SPLIT_NAMES, "all")
+    if split_name not in names:
+        raise ValueError(f"split_name must be one of {list(names)}, got '{split_name}'.")
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if split_name == "all":
+        return list(datalist)
+    cases = split_cases([r["case"] for r in datalist], val_fraction, test_fraction, seed)[split_name]
+    if split_name == "train" and fraction < 1.0:
+        cases = subsample_cases(cases, fraction, seed)
+    keep = set(cases)
+    return [r for r in datalist if r["case"] in keep]
