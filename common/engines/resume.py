@@ -10,9 +10,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["find_resume_checkpoint", "ResumeSignature", "SIGNATURE_FILE"]
+__all__ = ["find_resume_checkpoint", "ResumeCheckpoint", "SIGNATURE_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +54,54 @@ def find_resume_checkpoint(ckpt_dir: str, signature: Mapping[str, Any] | None = 
     return paths[-1]
 
 
-class ResumeSignature:
-    """Writes the run's signature beside its checkpoints when training starts (see :func:`find_resume_checkpoint`)."""
+class ResumeCheckpoint:
+    """Saves the training state every epoch and, on start, resumes from the last save of the same run.
 
-    def __init__(self, ckpt_dir: str, signature: Mapping[str, Any]) -> None:
-        self.ckpt_dir, self.signature = str(ckpt_dir), dict(signature)
+    The saved state is ``objects`` (network, optimiser, scheduler, weighting, ...) plus the trainer itself (epoch
+    and iteration), added at ``attach`` time so configs need no circular reference to the trainer. A signature
+    file beside the checkpoint records the run's settings; a checkpoint of a run with other settings is not
+    resumed (see :func:`find_resume_checkpoint`). Only rank 0 writes files.
+
+    Args:
+        ckpt_dir: folder of ``<prefix>_checkpoint_epoch=N.pt`` and the signature file.
+        objects: name -> object with ``state_dict``/``load_state_dict``.
+        signature: the run's defining settings (JSON-serialisable).
+        resume: resume when a matching checkpoint exists.
+        prefix: checkpoint file prefix.
+        map_location: device the checkpoint is loaded to.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        objects: Mapping[str, Any],
+        signature: Mapping[str, Any] | None = None,
+        resume: bool = True,
+        prefix: str = "resume",
+        map_location: Any = None,
+    ) -> None:
+        self.ckpt_dir, self.objects = str(ckpt_dir), dict(objects)
+        self.signature = dict(signature) if signature is not None else {}
+        self.resume, self.prefix, self.map_location = resume, prefix, map_location
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        objects = dict(self.objects, trainer=engine)
+        path = find_resume_checkpoint(self.ckpt_dir, self.signature, self.prefix) if self.resume else None
+        if path is not None:
+            CheckpointLoader(load_path=path, load_dict=objects, map_location=self.map_location).attach(engine)
+        engine.add_event_handler(Events.STARTED, self._started)
+        CheckpointSaver(
+            save_dir=self.ckpt_dir, save_dict=objects, file_prefix=self.prefix, save_interval=1, n_saved=1,
+            epoch_level=True,
+        ).attach(engine)
 
-    def __call__(self, engine: Engine) -> None:
-        os.makedirs(self.ckpt_dir, exist_ok=True)
+    def _started(self, engine: Engine) -> None:
         if engine.state.epoch >= (engine.state.max_epochs or 0):
             logger.warning(
                 f"training is already complete ({engine.state.epoch}/{engine.state.max_epochs} epochs); "
                 "pass --resume false to train again from scratch."
             )
-        with open(os.path.join(self.ckpt_dir, SIGNATURE_FILE), "w") as f:
-            json.dump(json.loads(json.dumps(self.signature, default=str)), f, indent=2)
+        if idist.get_rank() == 0:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            with open(os.path.join(self.ckpt_dir, SIGNATURE_FILE), "w") as f:
+                json.dump(json.loads(json.dumps(self.signature, default=str)), f, indent=2)

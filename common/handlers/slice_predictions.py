@@ -125,6 +125,8 @@ class SlicePredictionWriter:
             os.makedirs(odir, exist_ok=True)
             for p, c, s, img, heat in self._best:
                 # display convention: rows = anterior-posterior, flipped so anterior is up
-                pic = overlay_heatmap(np.rot90(img), np.rot90(heat))
-                Image.fromarray(pic).save(os.path.join(odir, f"{c}_slice{s:03d}_p{p:.2f}.png"))
+                pic = Image.fromarray(overlay_heatmap(np.rot90(img), np.rot90(heat)))
+                scale = max(1, 256 // max(img.shape))
+                pic = pic.resize((pic.width * scale, pic.height * scale), Image.BILINEAR)
+                pic.save(os.path.join(odir, f"{c}_slice{s:03d}_p{p:.2f}.png"))
         logger.info(f"{len(self._rows)} slice predictions written to {path}; {len(self._best)} overlays")

@@ -60,7 +60,7 @@ class BinaryTaskMetrics(OutputDictMetric):
         self.task, self.label_key, self.case_key = task, label_key, case_key
         self.prefix = prefix or task
         self.threshold, self.n_bootstrap, self.missing_value, self.seed = threshold, n_bootstrap, missing_value, seed
-        super().__init__(output_transform=lambda x: x, device=device)
+        super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
 
     @reinit__is_reduced
     def reset(self) -> None:

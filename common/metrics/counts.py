@@ -22,7 +22,7 @@ class SampleCounts(OutputDictMetric):
 
     def __init__(self, case_key: str = "case", sample_name: str = "slices", case_name: str = "cases") -> None:
         self.case_key, self.sample_name, self.case_name = case_key, sample_name, case_name
-        super().__init__(output_transform=lambda x: x)
+        super().__init__(output_transform=lambda x: x, metrics_result_mode="flatten")
 
     @reinit__is_reduced
     def reset(self) -> None:

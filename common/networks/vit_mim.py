@@ -181,5 +181,6 @@ def attention_rollout(encoder: ViTEncoder, discard_ratio: float = 0.0) -> torch.
         a = a / a.sum(dim=-1, keepdim=True)
         rollout = a if rollout is None else a @ rollout
     rel = rollout[:, 0, 1:]
-    rel = rel / rel.amax(dim=1, keepdim=True).clamp_min(1e-12)
+    lo, hi = rel.amin(dim=1, keepdim=True), rel.amax(dim=1, keepdim=True)
+    rel = (rel - lo) / (hi - lo).clamp_min(1e-12)
     return rel.reshape(rel.shape[0], *encoder.grid)
