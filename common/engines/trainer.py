@@ -78,10 +78,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.weighting.on_epoch_end())
 
     def _start_epoch(self, engine: MultiTaskTrainer) -> None:
-        tasks = active_tasks_for_epoch(self.phases, engine.state.epoch)
-        if tasks != self.active_tasks or engine.state.epoch == 1:
-            logger.info(f"epoch {engine.state.epoch}: training tasks {tasks}")
-        self.active_tasks = tasks
+        self.active_tasks = active_tasks_for_epoch(self.phases, engine.state.epoch)
+        rank = f"rank {dist.get_rank()}: " if dist.is_available() and dist.is_initialized() else ""
+        logger.info(f"{rank}epoch {engine.state.epoch}: training tasks {self.active_tasks}")
 
     def _core_network(self) -> nn.Module:
         net = self.network

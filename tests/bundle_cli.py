@@ -1,0 +1,43 @@
+"""Helpers for tests that run bundles through the real ``python -m monai.bundle`` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data"
+
+
+def bundle_configs(bundle: str) -> Path:
+    return REPO / "bundles" / bundle / "configs"
+
+
+def run_bundle(
+    bundle: str,
+    config: str | list[str],
+    overrides: dict,
+    timeout: float = 600,
+    check: bool = True,
+    torchrun: int = 0,
+) -> subprocess.CompletedProcess:
+    """Run ``monai.bundle run`` from the repository root with ``--key value`` overrides; return the process."""
+    cfg_dir = bundle_configs(bundle)
+    files = [str(cfg_dir / c) for c in ([config] if isinstance(config, str) else config)]
+    cfg_arg = files[0] if len(files) == 1 else json.dumps(files).replace('"', "'")
+    cmd = ["-m", "monai.bundle", "run", "--config_file", cfg_arg, "--meta_file", str(cfg_dir / "metadata.json")]
+    cmd += ["--logging_file", str(cfg_dir / "logging.conf")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    if torchrun:
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={torchrun}"]
+    else:
+        prefix = [sys.executable]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(prefix + cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
