@@ -1,0 +1,74 @@
+"""Train and evaluate brats_mtl's strategies (mtl, stl, pretrain_finetune) under the same budget.
+
+For each strategy and training-set fraction it runs the bundle's own train.json then evaluate.json on the held-out
+test split through the monai.bundle CLI, and appends one row per run to a CSV (metrics, wall time, epochs).
+
+    python benchmarks/brats_mtl_compare.py --dataset_dir ../shared/data/lgg --out benchmarks/results/brats_mtl
+
+Extra ``--override key=value`` pairs go to every train/evaluate run (e.g. ``--override epochs=60`` on a GPU).
+A run whose metrics.json exists is not repeated (delete its folder to redo it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = REPO / "bundles" / "brats_mtl" / "configs"
+
+
+def run(config: str, overrides: dict[str, str], log: Path) -> float:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CFG / config)]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    start = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    return time.time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", required=True)
+    parser.add_argument("--out", default="benchmarks/results/brats_mtl")
+    parser.add_argument("--strategies", nargs="+", default=["mtl", "stl", "pretrain_finetune"])
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.25])
+    parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for train and evaluate")
+    args = parser.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.override)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "results.csv"
+    for fraction in args.fractions:
+        for strategy in args.strategies:
+            root = out / f"{strategy}_frac{fraction:g}"
+            metrics_file = root / "eval" / "metrics.json"
+            if metrics_file.exists():
+                print(f"skip {root.name}: {metrics_file} exists")
+                continue
+            root.mkdir(parents=True, exist_ok=True)
+            common = {"dataset_dir": args.dataset_dir, "bundle_root": str(root), **extra}
+            t_train = run("train.json", {**common, "strategy": strategy, "train_fraction": fraction, "resume": "false"}, root / "train.log")
+            run("evaluate.json", {**common, "eval_split": "test", "output_dir": str(root / "eval")}, root / "evaluate.log")
+            metrics = json.loads(metrics_file.read_text())
+            row = {"strategy": strategy, "train_fraction": fraction, "train_minutes": round(t_train / 60, 1), **metrics,
+                   "overrides": " ".join(f"{k}={v}" for k, v in extra.items())}
+            new = not table.exists()
+            with open(table, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
