@@ -339,7 +339,7 @@ def test_slices_without_seg(small_set: Path):
     (small_set / "synth_000" / "synth_000_seg.nii.gz").unlink()
     record = build_brats_datalist(small_set, ["flair"], require_seg=False)[0]
     samples = extract_axial_slices(record)
-    assert samples and all("seg" not in s and "label" not in s for s in samples)
+    assert samples and all("seg" not in s and s["label"] == -1 for s in samples)
 
 
 def test_build_slice_dataset(small_set: Path):

@@ -21,12 +21,16 @@ from .errors import DatasetError, case_error
 
 __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
+    "UNKNOWN_LABEL",
     "brain_mask",
     "build_slice_dataset",
     "extract_axial_slices",
     "load_case_volumes",
     "normalize_intensity",
 ]
+
+#: Slice label of a case without segmentation: unknown (skipped by losses and metrics).
+UNKNOWN_LABEL = -1
 
 #: Default share of brain pixels below which a slice counts as brain-free (see :func:`extract_axial_slices`).
 DEFAULT_MIN_BRAIN_FRACTION = 0.01
@@ -212,8 +216,8 @@ def extract_axial_slices(
 
     Returns:
         Per kept slice, in increasing ``z``: ``{"image": float32 (C, X, Y), "seg": uint8 (1, X, Y) binary
-        (any label > 0), "label": 0 or 1, "case": id, "slice": z}``; ``"seg"`` and ``"label"`` are left out when
-        the record has no segmentation.
+        (any label > 0), "label": 0 or 1, "case": id, "slice": z}``; without a segmentation ``"seg"`` is left
+        out and ``"label"`` is :data:`UNKNOWN_LABEL` (-1), so labelled and unlabelled cases batch together.
     """
     if not 0.0 <= min_brain_fraction <= 1.0:
         raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}.")
@@ -232,6 +236,8 @@ def extract_axial_slices(
             tumour = seg[..., z] > 0
             sample["seg"] = tumour[None].astype(np.uint8)
             sample["label"] = int(tumour.sum() >= min_tumour_pixels)
+        else:
+            sample["label"] = UNKNOWN_LABEL
         samples.append(sample)
     return samples
 

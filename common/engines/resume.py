@@ -60,7 +60,7 @@ class ResumeCheckpoint:
     The saved state is ``objects`` (network, optimiser, scheduler, weighting, ...) plus the trainer itself (epoch
     and iteration), added at ``attach`` time so configs need no circular reference to the trainer. A signature
     file beside the checkpoint records the run's settings; a checkpoint of a run with other settings is not
-    resumed (see :func:`find_resume_checkpoint`). Only rank 0 writes files.
+    resumed (see :func:`find_resume_checkpoint`). Every rank resumes; only rank 0 writes files.
 
     Args:
         ckpt_dir: folder of ``<prefix>_checkpoint_epoch=N.pt`` and the signature file.
@@ -90,6 +90,8 @@ class ResumeCheckpoint:
         if path is not None:
             CheckpointLoader(load_path=path, load_dict=objects, map_location=self.map_location).attach(engine)
         engine.add_event_handler(Events.STARTED, self._started)
+        if idist.get_rank() != 0:
+            return
         CheckpointSaver(
             save_dir=self.ckpt_dir, save_dict=objects, file_prefix=self.prefix, save_interval=1, n_saved=1,
             epoch_level=True,

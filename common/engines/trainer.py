@@ -75,9 +75,28 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.inactive_task_kwargs = {k: dict(v) for k, v in (inactive_task_kwargs or {}).items()}
         self.active_tasks: list[str] = active_tasks_for_epoch(self.phases, 1)
         self.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
-        self.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.weighting.on_epoch_end())
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train; refuses to run with an empty data loader, which MONAI would skip silently."""
+        try:
+            n_batches = len(self.data_loader)
+        except TypeError:  # an iterable without length
+            n_batches = None
+        if n_batches == 0:
+            sampler = getattr(self.data_loader, "sampler", None)
+            n_samples = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else "too few"
+            raise ValueError(
+                f"the training data loader yields no batch: {n_samples} training samples (on this rank) for "
+                f"batch_size {getattr(self.data_loader, 'batch_size', '?')} with drop_last; use more training "
+                "cases or a smaller --batch_size."
+            )
+        super().run()
 
     def _start_epoch(self, engine: MultiTaskTrainer) -> None:
+        # The weighting's epoch roll (DWA's loss history) runs when the next epoch starts, not when one ends:
+        # the epoch checkpoint is written at EPOCH_COMPLETED, and a run resumed from it must roll exactly once.
+        if engine.state.epoch > 1:
+            self.weighting.on_epoch_end()
         self.active_tasks = active_tasks_for_epoch(self.phases, engine.state.epoch)
         rank = f"rank {dist.get_rank()}: " if dist.is_available() and dist.is_initialized() else ""
         logger.info(f"{rank}epoch {engine.state.epoch}: training tasks {self.active_tasks}")

@@ -81,7 +81,7 @@ class Weighting(nn.Module, ABC):
         """Backpropagate the combined objective; return each present task's effective weight."""
 
     def on_epoch_end(self) -> None:
-        """Called by the trainer once per epoch (DWA uses it to roll its loss history)."""
+        """Called by the trainer once per finished epoch, before the next one starts (DWA rolls its loss history)."""
 
 
 class GradientWeighting(Weighting):
