@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
-from .task_logging import TaskEpochSummary, task_scalars
+from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars

@@ -6,8 +6,9 @@ from collections import defaultdict
 from typing import Any
 
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 
-__all__ = ["task_scalars", "TaskEpochSummary"]
+__all__ = ["task_scalars", "TaskEpochSummary", "TaskProgressBar"]
 
 
 def task_scalars(output: dict[str, Any] | list) -> dict[str, float]:
@@ -54,3 +55,10 @@ class TaskEpochSummary:
     def _complete(self, engine: Engine) -> None:
         for key, total in getattr(self, "_sums", {}).items():
             engine.state.metrics[key] = total / max(self._counts[key], 1)
+
+
+class TaskProgressBar(ProgressBar):
+    """Console progress bar (tqdm) of an epoch showing the total loss and every task's loss and weight."""
+
+    def attach(self, engine: Engine, metric_names=None, output_transform=task_scalars, **kwargs: Any) -> None:  # type: ignore[override]
+        super().attach(engine, metric_names=metric_names, output_transform=output_transform, **kwargs)
