@@ -35,6 +35,23 @@ def run(config: str, overrides: dict[str, str], log: Path) -> float:
     return time.time() - start
 
 
+def markdown_table(table: Path) -> str:
+    """The results CSV as a markdown table (AUC with its 95% CI)."""
+    rows = list(csv.DictReader(open(table)))
+    lines = [
+        "| strategy | training patients | test ROC-AUC [95% CI] | accuracy | MIM MSE | test slices / patients | train min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        f = lambda k: float(r[k])  # noqa: E731
+        lines.append(
+            f"| {r['strategy']} | {float(r['train_fraction']):.0%} | {f('cls_auc'):.3f} [{f('cls_auc_ci_low'):.3f}, "
+            f"{f('cls_auc_ci_high'):.3f}] | {f('cls_accuracy'):.3f} | {f('mim_mse'):.3f} | {r['n_slices']} / "
+            f"{r['n_cases']} | {r['train_minutes']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", required=True)
@@ -42,7 +59,11 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["mtl", "stl", "pretrain_finetune"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.25])
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for train and evaluate")
+    parser.add_argument("--report", action="store_true", help="only print results.csv as a markdown table")
     args = parser.parse_args()
+    if args.report:
+        print(markdown_table(Path(args.out) / "results.csv"))
+        return
     extra = dict(kv.split("=", 1) for kv in args.override)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,26 @@ def test_weightings_reduce_training_loss(name):
 def test_invalid_trainer_arguments():
     with pytest.raises(ValueError, match="phases"):
         _trainer(RecordingNet(), phases=[{"epochs": 1, "tasks": ["zzz"]}])
+
+
+def test_resume_flag_from_command_line_strings(tmp_path):
+    from common.engines import ResumeCheckpoint
+
+    assert ResumeCheckpoint(str(tmp_path), {}, resume="false").resume is False
+    assert ResumeCheckpoint(str(tmp_path), {}, resume="True").resume is True
+    with pytest.raises(ValueError, match="resume"):
+        ResumeCheckpoint(str(tmp_path), {}, resume="maybe")
+
+
+def test_find_resume_checkpoint_needs_matching_signature(tmp_path):
+    import json
+
+    from common.engines import find_resume_checkpoint
+    from common.engines.resume import SIGNATURE_FILE
+
+    assert find_resume_checkpoint(str(tmp_path), {"a": 1}) is None
+    for e in (1, 2, 10):
+        (tmp_path / f"resume_checkpoint_epoch={e}.pt").write_bytes(b"x")
+    (tmp_path / SIGNATURE_FILE).write_text(json.dumps({"a": 1}))
+    assert find_resume_checkpoint(str(tmp_path), {"a": 1}).endswith("epoch=10.pt")  # numeric, not lexical order
+    assert find_resume_checkpoint(str(tmp_path), {"a": 2}) is None

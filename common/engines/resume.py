@@ -82,7 +82,11 @@ class ResumeCheckpoint:
     ) -> None:
         self.ckpt_dir, self.objects = str(ckpt_dir), dict(objects)
         self.signature = dict(signature) if signature is not None else {}
-        self.resume, self.prefix, self.map_location = resume, prefix, map_location
+        if isinstance(resume, str):  # `--resume false` on the monai.bundle command line arrives as a string
+            if resume.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"resume must be true or false, got '{resume}'.")
+            resume = resume.strip().lower() in ("true", "1", "yes")
+        self.resume, self.prefix, self.map_location = bool(resume), prefix, map_location
 
     def attach(self, engine: Engine) -> None:
         objects = dict(self.objects, trainer=engine)
