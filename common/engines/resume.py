@@ -12,7 +12,10 @@ from typing import Any
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver
+import torch
+from monai.handlers import CheckpointLoader
+
+from ..handlers.atomic_checkpoint import AtomicCheckpointSaver
 
 __all__ = ["find_resume_checkpoint", "ResumeCheckpoint", "SIGNATURE_FILE"]
 
@@ -26,12 +29,22 @@ def _epoch_of(path: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _loadable(path: str) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception as err:  # a truncated or corrupt file (e.g. disk full during a save)
+        logger.warning(f"skipping checkpoint {path}: it cannot be loaded ({type(err).__name__}: {err}).")
+        return False
+
+
 def find_resume_checkpoint(ckpt_dir: str, signature: Mapping[str, Any] | None = None, prefix: str = "resume") -> str | None:
-    """Path of the newest ``<prefix>_*=<epoch>.pt`` in ``ckpt_dir``, or None.
+    """Path of the newest loadable ``<prefix>_*=<epoch>.pt`` in ``ckpt_dir``, or None.
 
     With a ``signature`` (the settings that define a run: data, strategy, ...) the checkpoint is used only if the
     run that wrote it saved the same signature; otherwise a warning says why training starts from scratch, so a
-    demo run's checkpoint is never resumed on another data set.
+    demo run's checkpoint is never resumed on another data set. A file that cannot be loaded is skipped (with a
+    warning naming it) in favour of an older one.
     """
     paths = sorted(glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt")), key=_epoch_of)
     if not paths:
@@ -50,8 +63,11 @@ def find_resume_checkpoint(ckpt_dir: str, signature: Mapping[str, Any] | None = 
                 f"{current}; training starts from scratch (the old checkpoint is replaced after the first epoch)."
             )
             return None
-    logger.info(f"resuming training from {paths[-1]}")
-    return paths[-1]
+    for path in reversed(paths):
+        if _loadable(path):
+            logger.info(f"resuming training from {path}")
+            return path
+    return None
 
 
 class ResumeCheckpoint:
@@ -96,7 +112,8 @@ class ResumeCheckpoint:
         engine.add_event_handler(Events.STARTED, self._started)
         if idist.get_rank() != 0:
             return
-        CheckpointSaver(
+        # atomic writes: a run killed while saving keeps the previous checkpoint intact
+        AtomicCheckpointSaver(
             save_dir=self.ckpt_dir, save_dict=objects, file_prefix=self.prefix, save_interval=1, n_saved=1,
             epoch_level=True,
         ).attach(engine)

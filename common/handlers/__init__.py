@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .atomic_checkpoint import AtomicCheckpointSaver
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
