@@ -276,7 +276,7 @@ def test_torchrun_two_processes(weighting, data_dir, tmp_path):
     models = tmp_path / "models"
     assert (models / "model.pt").is_file()
     assert [p.name for p in models.glob("resume_*.pt")] == ["resume_checkpoint_epoch=2.pt"]
-    assert log.count("saved resume checkpoint of epoch 2") == 1  # written by rank 0 only
+    assert log.count("Saved checkpoint at epoch: 2") == 1  # written by rank 0 only
 
 
 @pytest.mark.slow
