@@ -34,7 +34,8 @@ def _loadable(path: str) -> bool:
         torch.load(path, map_location="cpu", weights_only=True)
         return True
     except Exception as err:  # a truncated or corrupt file (e.g. disk full during a save)
-        logger.warning(f"skipping checkpoint {path}: it cannot be loaded ({type(err).__name__}: {err}).")
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        logger.warning(f"skipping checkpoint {path}: it cannot be loaded ({type(err).__name__}: {first_line}).")
         return False
 
 
