@@ -109,7 +109,7 @@ def test_find_resume_checkpoint_needs_matching_signature(tmp_path):
 
     assert find_resume_checkpoint(str(tmp_path), {"a": 1}) is None
     for e in (1, 2, 10):
-        (tmp_path / f"resume_checkpoint_epoch={e}.pt").write_bytes(b"x")
+        torch.save({"epoch": torch.tensor(e)}, tmp_path / f"resume_checkpoint_epoch={e}.pt")
     (tmp_path / SIGNATURE_FILE).write_text(json.dumps({"a": 1}))
     assert find_resume_checkpoint(str(tmp_path), {"a": 1}).endswith("epoch=10.pt")  # numeric, not lexical order
     assert find_resume_checkpoint(str(tmp_path), {"a": 2}) is None
