@@ -15,5 +15,5 @@ python -m monai.bundle run --config_file "$B/inference.json" --dataset_dir "$DAT
 echo
 echo "checkpoint:   bundles/brats_mtl/models/model.pt"
 echo "metrics:      bundles/brats_mtl/eval/metrics.json"
-cat bundles/brats_mtl/eval/metrics.json
+cat bundles/brats_mtl/eval/metrics.json; echo
 echo "predictions:  bundles/brats_mtl/predictions/predictions.csv and bundles/brats_mtl/predictions/overlays/*.png"
