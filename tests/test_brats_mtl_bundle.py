@@ -287,3 +287,21 @@ def test_too_few_samples_for_one_batch_is_an_error(data_dir, tmp_path):
         check=False,
     )
     assert proc.returncode != 0 and "yields no batch" in proc.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_logs_every_task(data_dir, tmp_path):
+    """`--tracking configs/mlflow_tracking.json` logs each task's loss and weight and the validation metrics."""
+    mlflow = pytest.importorskip("mlflow")
+    run_bundle(
+        "brats_mtl", "train.json",
+        {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 3, "weighting_name": "uw",
+         "tracking": str(CFG / "mlflow_tracking.json"), **SMALL},
+    )
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs
+    logged = set().union(*(r.data.metrics for r in runs))
+    assert {"loss_cls", "loss_mim", "weight_cls", "weight_mim", "train_loss_cls", "val_cls_auc"} <= logged
+    history = client.get_metric_history(runs[0].info.run_id, "weight_mim")
+    assert len({round(m.value, 6) for m in history}) > 1  # UW's weight moves during training

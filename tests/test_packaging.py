@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _pyproject_requirements() -> dict[str, Requirement]:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = data["dependencies"] + data["optional-dependencies"]["test"]
+    reqs = data["dependencies"] + data["optional-dependencies"]["test"] + data["optional-dependencies"]["tracking"]
     return {Requirement(r).name.lower(): Requirement(r) for r in reqs}
 
 
