@@ -43,7 +43,9 @@ def markdown_table(table: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        f = lambda k: float(r[k])  # noqa: E731
+        def f(k: str, r: dict = r) -> float:
+            return float(r[k])
+
         lines.append(
             f"| {r['strategy']} | {float(r['train_fraction']):.0%} | {f('cls_auc'):.3f} [{f('cls_auc_ci_low'):.3f}, "
             f"{f('cls_auc_ci_high'):.3f}] | {f('cls_accuracy'):.3f} | {f('mim_mse'):.3f} | {r['n_slices']} / "

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from common.data import generate_brats_like
-from tests.bundle_cli import REAL_DATA, REPO, bundle_configs, run_bundle
+from tests.bundle_cli import REPO, bundle_configs, run_bundle
 
 CFG = bundle_configs("brats_mtl")
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"

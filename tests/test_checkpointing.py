@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from torch import nn
 
 from common.engines import find_resume_checkpoint
