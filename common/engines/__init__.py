@@ -3,5 +3,5 @@
 from __future__ import annotations
 
 from .prepare_batch import MultiTaskPrepareBatch
-from .trainer import MultiTaskTrainer, active_tasks_for_epoch
 from .resume import ResumeCheckpoint, find_resume_checkpoint
+from .trainer import MultiTaskTrainer, active_tasks_for_epoch

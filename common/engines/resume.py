@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import ignite.distributed as idist
-from ignite.engine import Engine, Events
 import torch
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from ..handlers.atomic_checkpoint import AtomicCheckpointSaver

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from .bootstrap import case_bootstrap_ci
 from .classification import BinaryTaskMetrics, roc_auc
-from .reconstruction import MaskedMSE
 from .counts import SampleCounts
+from .reconstruction import MaskedMSE

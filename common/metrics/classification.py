@@ -6,14 +6,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from ignite.metrics.metric import reinit__is_reduced
 from monai.metrics import compute_roc_auc
 from monai.utils import CommonKeys as Keys
 
-from .output_dict import OutputDictMetric
-
 from .bootstrap import case_bootstrap_ci
+from .output_dict import OutputDictMetric
 
 __all__ = ["BinaryTaskMetrics", "roc_auc"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from ignite.metrics.metric import reinit__is_reduced
 from monai.utils import CommonKeys as Keys
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.utils import CommonKeys as Keys
 
