@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .brats import BRATS_MODALITIES, build_brats_datalist, read_case_labels
+from .brats import BRATS_MODALITIES, attach_case_labels, build_brats_datalist, read_case_labels
 from .errors import DatasetError
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
     "SPLIT_NAMES",
     "DatasetError",
+    "attach_case_labels",
     "brain_mask",
     "build_brats_datalist",
     "build_slice_dataset",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
 from .errors import DatasetError, case_error
 
-__all__ = ["BRATS_MODALITIES", "build_brats_datalist", "read_case_labels"]
+__all__ = ["BRATS_MODALITIES", "attach_case_labels", "build_brats_datalist", "read_case_labels"]
 
 #: The four BraTS MRI sequences, in the conventional channel order.
 BRATS_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -163,3 +164,43 @@ def read_case_labels(csv_path: str | PathLike, column: str, allowed: Collection[
             raise case_error(case, path, f"row {line}: {column}='{value}' is not one of {sorted(allowed_set)}.")
         labels[case] = value
     return labels
+
+
+def attach_case_labels(
+    datalist: Sequence[dict],
+    csv_path: str | PathLike,
+    column: str,
+    mapping: Mapping[str, int | float],
+    key: str | None = None,
+    missing_value: int | float = -1,
+    required: bool = False,
+) -> list[dict]:
+    """Copy of ``datalist`` with one per-case label read from a CSV column and coded by ``mapping``.
+
+    Example: ``attach_case_labels(datalist, "lgg/labels.csv", "idh_status", {"mutant": 1, "wildtype": 0,
+    "unknown": -1, "": -1}, key="idh")``. A case absent from the CSV, or every case when the CSV does not exist and
+    ``required`` is False (e.g. a segmentation-only data set), gets ``missing_value``.
+
+    Args:
+        datalist: records with a ``"case"`` key (from :func:`build_brats_datalist`).
+        csv_path: label CSV whose first column is the case id.
+        column: label column.
+        mapping: CSV value -> coded label; any other value is an error naming the case and the file.
+        key: record key of the label (default ``column``).
+        missing_value: label of cases without a value.
+        required: raise when the CSV does not exist.
+
+    Raises:
+        DatasetError: a value outside ``mapping``, a missing column, or (with ``required``) a missing file.
+    """
+    path = Path(csv_path)
+    key = key or column
+    if not path.is_file():
+        if required:
+            raise DatasetError(f"file {path}: label file does not exist (column '{column}' is required).")
+        logging.getLogger(__name__).warning("%s not found: '%s' is unknown for all %d cases.", path, key, len(datalist))
+        labels: dict[str, str] = {}
+    else:
+        labels = read_case_labels(path, column, allowed=list(mapping))
+    return [{**record, key: mapping[labels[record["case"]]] if record["case"] in labels else missing_value}
+            for record in datalist]

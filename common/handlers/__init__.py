@@ -6,3 +6,4 @@ from .atomic_checkpoint import AtomicCheckpointSaver
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
+from .volume_predictions import SegClassPredictionWriter

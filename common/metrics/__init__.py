@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .bootstrap import case_bootstrap_ci
-from .classification import BinaryTaskMetrics, roc_auc
+from .classification import BinaryTaskMetrics, balanced_accuracy, roc_auc
 from .counts import SampleCounts
 from .reconstruction import MaskedMSE
+from .segmentation import SegmentationTaskMetrics

@@ -13,7 +13,7 @@ from monai.utils import CommonKeys as Keys
 from .bootstrap import case_bootstrap_ci
 from .output_dict import OutputDictMetric
 
-__all__ = ["BinaryTaskMetrics", "roc_auc"]
+__all__ = ["BinaryTaskMetrics", "balanced_accuracy", "roc_auc"]
 
 
 def roc_auc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
@@ -23,12 +23,21 @@ def roc_auc(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     return float(compute_roc_auc(torch.as_tensor(y_pred), torch.as_tensor(y_true)))
 
 
+def balanced_accuracy(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean of sensitivity and specificity of boolean predictions (nan if one class is absent)."""
+    y_pred, y_true = np.asarray(y_pred, bool), np.asarray(y_true, bool)
+    if y_true.all() or not y_true.any():
+        return float("nan")
+    return float((np.mean(y_pred[y_true]) + np.mean(~y_pred[~y_true])) / 2)
+
+
 class BinaryTaskMetrics(OutputDictMetric):
-    """ROC-AUC with a case-level bootstrap 95% CI, and accuracy, of one binary task of a multi-task output.
+    """ROC-AUC with a case-level bootstrap 95% CI, accuracy and balanced accuracy of one binary task.
 
     Reads ``output["pred"][task]`` (logits, ``(B,)`` or ``(B, 1)``), ``output["label"][label_key]`` and the case
     ids ``output["label"][case_key]``; samples whose label equals ``missing_value`` are skipped. ``compute``
-    returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_n}``.
+    returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_balanced_accuracy,
+    count_key}`` (balanced accuracy: mean of sensitivity and specificity, nan with one class absent).
 
     Args:
         task: key of the task's logits in the prediction dict.
@@ -38,6 +47,7 @@ class BinaryTaskMetrics(OutputDictMetric):
         threshold: probability threshold for accuracy.
         n_bootstrap: bootstrap resamples (0 disables the CI).
         missing_value: label value meaning "unknown".
+        count_key: key of the number of labelled samples (default ``prefix_n``).
     """
 
 
@@ -51,12 +61,14 @@ class BinaryTaskMetrics(OutputDictMetric):
         n_bootstrap: int = 1000,
         missing_value: float = -1,
         seed: int = 0,
+        count_key: str | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if n_bootstrap < 0:
             raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}.")
         self.task, self.label_key, self.case_key = task, label_key, case_key
         self.prefix = prefix or task
+        self.count_key = count_key or f"{self.prefix}_n"
         self.threshold, self.n_bootstrap, self.missing_value, self.seed = threshold, n_bootstrap, missing_value, seed
         super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
 
@@ -86,7 +98,8 @@ class BinaryTaskMetrics(OutputDictMetric):
         out = {
             f"{self.prefix}_auc": roc_auc(probs, labels),
             f"{self.prefix}_accuracy": float(np.mean((probs >= self.threshold) == (labels > 0.5))) if len(labels) else float("nan"),
-            f"{self.prefix}_n": int(len(labels)),
+            f"{self.prefix}_balanced_accuracy": balanced_accuracy(probs >= self.threshold, labels > 0.5),
+            self.count_key: int(len(labels)),
         }
         if self.n_bootstrap:
             low, high = case_bootstrap_ci(roc_auc, probs, labels, self._cases, self.n_bootstrap, seed=self.seed)

@@ -3,4 +3,5 @@
 from __future__ import annotations
 
 from .multitask import MultiTaskNet
+from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout

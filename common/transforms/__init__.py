@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
+from .case_checks import CheckMultimodalCased
+from .class_labels import MaskLabelOutsideForegroundd
+from .seg_regions import SegRegionsd, regions_to_label_map
 from .simmim_mask import SimMIMMaskd

@@ -1,0 +1,64 @@
+"""Segmentation targets as region channels (e.g. BraTS whole tumour / tumour core / enhancing) from a label map."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+__all__ = ["SegRegionsd", "regions_to_label_map"]
+
+
+def _check_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    if not regions:
+        raise ValueError("regions must name at least one region, e.g. {'tumour': [1]}.")
+    out = {}
+    for name, labels in regions.items():
+        values = [int(v) for v in (labels if isinstance(labels, Sequence) and not isinstance(labels, str) else [labels])]
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"regions['{name}'] must list positive label values, got {labels!r}.")
+        out[str(name)] = values
+    return out
+
+
+class SegRegionsd(MapTransform):
+    """Turn a label map ``(1, *spatial)`` into one binary channel per region ``(R, *spatial)`` (float).
+
+    Region ``r`` is the union of its labels, so regions may overlap (BraTS: ``{"wt": [1, 2, 3, 4], "tc": [1, 3, 4],
+    "et": [4]}``); a binary abnormality mask is ``{"abnormal": [1]}``. Meta data (affine) are kept.
+
+    Args:
+        keys: label map key(s).
+        regions: region name -> label values, in output channel order.
+    """
+
+    def __init__(self, keys: KeysCollection, regions: Mapping[str, Sequence[int]], allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.regions = _check_regions(regions)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            lab = torch.as_tensor(label)
+            if lab.shape[0] != 1:
+                raise ValueError(f"{key}: expected a channel-first label map (1, ...), got shape {tuple(lab.shape)}.")
+            values = lab[0].round().long()
+            channels = [torch.isin(values, torch.tensor(v, device=values.device)) for v in self.regions.values()]
+            out = torch.stack(channels).float()
+            d[key] = MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations) if isinstance(
+                label, MetaTensor
+            ) else out
+        return d
+
+
+def regions_to_label_map(masks: torch.Tensor) -> torch.Tensor:
+    """Collapse binary region channels ``(R, *spatial)`` to a label map: voxel = 1-based index of the last region
+    holding it (regions listed from outermost to innermost, e.g. wt, tc, et -> 1, 2, 3), 0 = background."""
+    masks = torch.as_tensor(masks) > 0.5
+    index = torch.arange(1, masks.shape[0] + 1, device=masks.device).view(-1, *([1] * (masks.dim() - 1)))
+    return (masks * index).amax(dim=0).to(torch.uint8)
