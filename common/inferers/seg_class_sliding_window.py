@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,8 @@ class SegClassSlidingWindowInferer(Inferer):
         overlap: window overlap fraction, one value or one per spatial axis.
         mode: blending, ``"gaussian"`` or ``"constant"``.
         aggregation: ``"foreground"`` or ``"mean"``.
+        seg_postprocess: applied to the stitched segmentation logits before the case aggregation, e.g.
+            :func:`common.transforms.keep_largest_component_logits`.
         sw_device, device: as in ``sliding_window_inference``.
     """
 
@@ -45,6 +47,7 @@ class SegClassSlidingWindowInferer(Inferer):
         overlap: float | Sequence[float] = 0.5,
         mode: str = "gaussian",
         aggregation: str = "foreground",
+        seg_postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -56,6 +59,7 @@ class SegClassSlidingWindowInferer(Inferer):
         self.roi_size = [int(r) for r in roi_size]
         self.seg_task, self.cls_task = seg_task, cls_task
         self.sw_batch_size, self.overlap, self.mode, self.aggregation = sw_batch_size, overlap, mode, aggregation
+        self.seg_postprocess = seg_postprocess
         self.sw_device, self.device = sw_device, device
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -76,6 +80,8 @@ class SegClassSlidingWindowInferer(Inferer):
             sw_device=self.sw_device, device=self.device,
         )
         seg, cls_map = out[seg_task], out[_CLS_MAP]
+        if self.seg_postprocess is not None:
+            seg = self.seg_postprocess(seg)
         dims = tuple(range(2, cls_map.dim()))
         if self.aggregation == "foreground":
             weight = torch.sigmoid(seg.float()).amax(dim=1, keepdim=True)
