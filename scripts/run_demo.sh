@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: install, generate the embedded synthetic BraTS-style data set, then run the brats_mtl
-# bundle's train -> evaluate -> inference with the monai.bundle CLI.
+# and glioma_seg_idh bundles' train -> evaluate -> inference with the monai.bundle CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -17,3 +17,14 @@ echo "checkpoint:   bundles/brats_mtl/models/model.pt"
 echo "metrics:      bundles/brats_mtl/eval/metrics.json"
 cat bundles/brats_mtl/eval/metrics.json; echo
 echo "predictions:  bundles/brats_mtl/predictions/predictions.csv and bundles/brats_mtl/predictions/overlays/*.png"
+
+G=bundles/glioma_seg_idh/configs
+python -m monai.bundle run --config_file "$G/train.json" --dataset_dir "$DATA" --epochs "${DEMO_GLIOMA_EPOCHS:-20}" \
+    --val_interval 10 --resume false --progress_bar false
+python -m monai.bundle run --config_file "$G/evaluate.json" --dataset_dir "$DATA" --eval_split test
+python -m monai.bundle run --config_file "$G/inference.json" --dataset_dir "$DATA"
+echo
+echo "checkpoint:   bundles/glioma_seg_idh/models/model.pt"
+echo "metrics:      bundles/glioma_seg_idh/eval/metrics.json"
+cat bundles/glioma_seg_idh/eval/metrics.json; echo
+echo "predictions:  bundles/glioma_seg_idh/predictions/<case>/<case>_seg.nii.gz and predictions.csv"
