@@ -42,10 +42,22 @@ def main() -> None:
         for r in records:
             case_dir = Path(r["image"][0]).parent
             (data / r["case"]).symlink_to(case_dir.resolve(), target_is_directory=True)
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               str(REPO / "bundles" / "glioma_seg_idh" / "configs" / "inference.json"), "--dataset_dir", str(data),
-               "--bundle_root", str(Path(args.bundle_root).resolve()), "--output_dir", str(Path(tmp) / "pred"),
-               "--modalities", repr(args.modalities)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(REPO / "bundles" / "glioma_seg_idh" / "configs" / "inference.json"),
+            "--dataset_dir",
+            str(data),
+            "--bundle_root",
+            str(Path(args.bundle_root).resolve()),
+            "--output_dir",
+            str(Path(tmp) / "pred"),
+            "--modalities",
+            repr(args.modalities),
+        ]
         for kv in args.override:
             k, v = kv.split("=", 1)
             cmd += [f"--{k}", v]
@@ -56,10 +68,16 @@ def main() -> None:
         raise SystemExit(proc.stderr[-3000:])
     match = re.search(r"Engine run finished\. Time taken: (\d+):(\d+):(\d+\.\d+)", proc.stdout + proc.stderr)
     engine = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else float("nan")
-    row = {"dataset": Path(args.dataset_dir).name, "split": args.split, "n_cases": len(records),
-           "engine_seconds": round(engine, 2), "seconds_per_case": round(engine / len(records), 2),
-           "command_wall_seconds": round(wall, 1), "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
-           "overrides": " ".join(args.override)}
+    row = {
+        "dataset": Path(args.dataset_dir).name,
+        "split": args.split,
+        "n_cases": len(records),
+        "engine_seconds": round(engine, 2),
+        "seconds_per_case": round(engine / len(records), 2),
+        "command_wall_seconds": round(wall, 1),
+        "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "overrides": " ".join(args.override),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     new = not os.path.exists(args.out)
     with open(args.out, "a", newline="") as f:

@@ -29,7 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_config(bundle: str, config: str, overrides: dict[str, str], log: Path) -> float:
     """Run one bundle config through ``python -m monai.bundle run``; return its wall time in seconds."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles" / bundle / "configs" / config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(REPO / "bundles" / bundle / "configs" / config),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k}", str(v)]
     start = time.time()
@@ -62,8 +69,13 @@ def markdown_table(table: Path, columns: list[str]) -> str:
     head = ["strategy", "training cases", *columns, "train min", "evaluate s/case"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["strategy"], f"{float(r['train_fraction']):.0%}", *(_cell(r, c) for c in columns),
-                 r["train_minutes"], r["eval_seconds_per_case"]]
+        cells = [
+            r["strategy"],
+            f"{float(r['train_fraction']):.0%}",
+            *(_cell(r, c) for c in columns),
+            r["train_minutes"],
+            r["eval_seconds_per_case"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,17 +119,40 @@ def main() -> None:
                 print(f"skip {root.name}: {metrics_file} exists")
                 continue
             root.mkdir(parents=True, exist_ok=True)
-            shared = {"dataset_dir": args.dataset_dir, "bundle_root": str(root), **extra, **per_strategy.get(strategy, {})}
-            t_train = run_config(args.bundle, "train.json",
-                                 {**shared, "strategy": strategy, "train_fraction": fraction, "resume": "False",
-                                  "progress_bar": "False"}, root / "train.log")
-            t_eval = run_config(args.bundle, "evaluate.json", {**shared, "eval_split": "test", "output_dir": str(root / "eval")},
-                                root / "evaluate.log")
+            shared = {
+                "dataset_dir": args.dataset_dir,
+                "bundle_root": str(root),
+                **extra,
+                **per_strategy.get(strategy, {}),
+            }
+            t_train = run_config(
+                args.bundle,
+                "train.json",
+                {
+                    **shared,
+                    "strategy": strategy,
+                    "train_fraction": fraction,
+                    "resume": "False",
+                    "progress_bar": "False",
+                },
+                root / "train.log",
+            )
+            t_eval = run_config(
+                args.bundle,
+                "evaluate.json",
+                {**shared, "eval_split": "test", "output_dir": str(root / "eval")},
+                root / "evaluate.log",
+            )
             metrics = json.loads(metrics_file.read_text())
             n = metrics.get("n_cases") or metrics.get("n_images") or 1
-            row = {"strategy": strategy, "train_fraction": fraction, "train_minutes": round(t_train / 60, 1),
-                   "eval_seconds_per_case": round(t_eval / n, 2), **metrics,
-                   "overrides": " ".join(f"{k}={v}" for k, v in {**extra, **per_strategy.get(strategy, {})}.items())}
+            row = {
+                "strategy": strategy,
+                "train_fraction": fraction,
+                "train_minutes": round(t_train / 60, 1),
+                "eval_seconds_per_case": round(t_eval / n, 2),
+                **metrics,
+                "overrides": " ".join(f"{k}={v}" for k, v in {**extra, **per_strategy.get(strategy, {})}.items()),
+            }
             new = not table.exists()
             with open(table, "a", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(row))

@@ -19,8 +19,8 @@ from common.metrics import SegmentationTaskMetrics, balanced_accuracy
 from common.networks import UNetSegClassifier
 from common.transforms import CheckMultimodalCased, MaskLabelOutsideForegroundd, SegRegionsd, regions_to_label_map
 
-
 # --- network -------------------------------------------------------------------------------------------------------
+
 
 def test_unet_2p5d_folds_slices_and_predicts_each():
     net = UNetSegClassifier(3, 2, 1, slices=3, features=(4, 8, 16), cls_task="idh").eval()
@@ -55,8 +55,13 @@ def test_unet_parameter_groups_and_torchscript():
 
 @pytest.mark.parametrize(
     "kwargs, word",
-    [({"spatial_dims": 1}, "spatial_dims"), ({"spatial_dims": 3, "slices": 3}, "slices"), ({"in_channels": 0}, "in_channels"),
-     ({"features": (8,)}, "features"), ({"seg_task": "x", "cls_task": "x"}, "differ")],
+    [
+        ({"spatial_dims": 1}, "spatial_dims"),
+        ({"spatial_dims": 3, "slices": 3}, "slices"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"features": (8,)}, "features"),
+        ({"seg_task": "x", "cls_task": "x"}, "differ"),
+    ],
 )
 def test_unet_argument_checks(kwargs, word):
     args = dict(in_channels=1, seg_channels=1)
@@ -66,6 +71,7 @@ def test_unet_argument_checks(kwargs, word):
 
 
 # --- inferer -------------------------------------------------------------------------------------------------------
+
 
 class _Toy(torch.nn.Module):
     """Segments channel 0 > 0; the window's class logit is the mean of channel 1 over the window."""
@@ -93,6 +99,7 @@ def test_sliding_window_covers_large_volume_and_weights_class_by_foreground():
 
 
 # --- case checks ---------------------------------------------------------------------------------------------------
+
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> str:
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
@@ -137,6 +144,7 @@ def test_case_checks_pass_and_name_case_and_file(tmp_path: Path):
 
 # --- regions, label masking ------------------------------------------------------------------------------------------
 
+
 def test_seg_regions_and_label_map():
     labels = torch.tensor([0, 1, 2, 3, 4]).view(1, 5, 1, 1).float()
     regions = {"wt": [1, 2, 3, 4], "tc": [1, 3, 4], "et": [4]}
@@ -157,6 +165,7 @@ def test_mask_label_outside_foreground():
 
 
 # --- metrics, class balance, labels ----------------------------------------------------------------------------------
+
 
 def _engine_output(pred: torch.Tensor, label: torch.Tensor, spacing=None) -> dict:
     targets = {"seg": label}
@@ -206,8 +215,12 @@ def test_attach_case_labels(tmp_path: Path):
         csv.writer(f).writerows([["patient", "idh_status"], ["a", "mutant"], ["b", "wildtype"]])
     out = attach_case_labels(datalist, path, "idh_status", mapping, key="idh")
     assert [r["idh"] for r in out] == [1, 0, -1] and "idh" not in datalist[0]
-    assert [r["idh"] for r in attach_case_labels(datalist, tmp_path / "none.csv", "idh_status", mapping, key="idh")] == [-1] * 3
+    assert [
+        r["idh"] for r in attach_case_labels(datalist, tmp_path / "none.csv", "idh_status", mapping, key="idh")
+    ] == [-1] * 3
     with open(path, "a", newline="") as f:
         csv.writer(f).writerow(["c", "IDH1-R132H"])
-    with pytest.raises(DatasetError, match=r"case 'c', file .*labels.csv: row 4: idh_status='IDH1-R132H' is not one of"):
+    with pytest.raises(
+        DatasetError, match=r"case 'c', file .*labels.csv: row 4: idh_status='IDH1-R132H' is not one of"
+    ):
         attach_case_labels(datalist, path, "idh_status", mapping, key="idh")

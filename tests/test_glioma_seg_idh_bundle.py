@@ -28,8 +28,16 @@ CFG = bundle_configs(BUNDLE)
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 # a tiny network and crop so a CPU epoch takes about a second
 SMALL = {"features": [4, 8, 16], "patch_size": 16, "samples_per_case": 2, "batch_size": 4, "sw_batch_size": 16}
-METRIC_KEYS = {"dice_mean", "hd95_mean", "idh_auc", "idh_auc_ci_low", "idh_auc_ci_high", "idh_balanced_accuracy",
-               "n_cases", "n_idh_labelled"}
+METRIC_KEYS = {
+    "dice_mean",
+    "hd95_mean",
+    "idh_auc",
+    "idh_auc_ci_low",
+    "idh_auc_ci_high",
+    "idh_balanced_accuracy",
+    "n_cases",
+    "n_idh_labelled",
+}
 
 
 def _log(proc: subprocess.CompletedProcess) -> str:
@@ -58,8 +66,11 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir) -> Path:
     root = tmp_path_factory.mktemp("glioma_bundle")
-    proc = run_bundle(BUNDLE, "train.json",
-                      {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 2, "val_interval": 1, **SMALL})
+    proc = run_bundle(
+        BUNDLE,
+        "train.json",
+        {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 2, "val_interval": 1, **SMALL},
+    )
     assert "epoch 1: training tasks ['seg', 'idh']" in _log(proc)
     return root
 
@@ -78,8 +89,11 @@ def test_train_saves_model_resume_state_and_logs_both_tasks(trained):
 @pytest.mark.slow
 def test_evaluate_writes_issue_metrics(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle(BUNDLE, "evaluate.json",
-               {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL})
+    run_bundle(
+        BUNDLE,
+        "evaluate.json",
+        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     labels = list(csv.DictReader(open(data_dir / "labels.csv")))
@@ -100,12 +114,17 @@ def test_inference_outputs_in_each_input_space(trained, data_dir, tmp_path):
     flipped.mkdir()
     for f in cases[0].iterdir():
         img = nib.load(f)
-        lps = img.affine @ np.array([[-1, 0, 0, img.shape[0] - 1], [0, -1, 0, img.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+        lps = img.affine @ np.array(
+            [[-1, 0, 0, img.shape[0] - 1], [0, -1, 0, img.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+        )
         data = np.asarray(img.dataobj)[::-1, ::-1].copy()
         nib.save(nib.Nifti1Image(data, lps), flipped / f.name.replace(cases[0].name, "flipped"))
     out = tmp_path / "pred"
-    run_bundle(BUNDLE, "inference.json",
-               {"dataset_dir": str(unlabelled), "bundle_root": str(trained), "output_dir": str(out), **SMALL})
+    run_bundle(
+        BUNDLE,
+        "inference.json",
+        {"dataset_dir": str(unlabelled), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
+    )
     rows = {r["case"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert set(rows) == {cases[0].name, cases[1].name, "flipped"}
     for case, row in rows.items():
@@ -119,15 +138,27 @@ def test_inference_outputs_in_each_input_space(trained, data_dir, tmp_path):
     original = np.asarray(nib.load(out / cases[0].name / f"{cases[0].name}_seg.nii.gz").dataobj)
     moved = np.asarray(nib.load(out / "flipped" / "flipped_seg.nii.gz").dataobj)
     assert np.array_equal(original, moved[::-1, ::-1])
-    assert float(rows["flipped"]["idh_probability"]) == pytest.approx(float(rows[cases[0].name]["idh_probability"]), abs=1e-4)
+    assert float(rows["flipped"]["idh_probability"]) == pytest.approx(
+        float(rows[cases[0].name]["idh_probability"]), abs=1e-4
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, active, inactive", [("stl_seg", "seg", "idh"), ("stl_idh", "idh", "seg")])
 def test_single_task_strategies(strategy, active, inactive, data_dir, tmp_path):
-    proc = run_bundle(BUNDLE, "train.json",
-                      {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 1, "strategy": strategy, "val_interval": 1,
-                       "idh_aggregation": "mean" if strategy == "stl_idh" else "foreground", **SMALL})
+    proc = run_bundle(
+        BUNDLE,
+        "train.json",
+        {
+            "dataset_dir": str(data_dir),
+            "bundle_root": str(tmp_path),
+            "epochs": 1,
+            "strategy": strategy,
+            "val_interval": 1,
+            "idh_aggregation": "mean" if strategy == "stl_idh" else "foreground",
+            **SMALL,
+        },
+    )
     log = _log(proc)
     assert f"epoch 1: training tasks ['{active}']" in log
     assert f"train_loss_{active}" in log and f"train_loss_{inactive}" not in log
@@ -138,8 +169,15 @@ def test_single_task_strategies(strategy, active, inactive, data_dir, tmp_path):
 @pytest.mark.slow
 def test_brats_regions_by_override(data_dir, tmp_path):
     regions = {"wt": [1, 2, 3, 4], "tc": [1, 3, 4], "et": [4]}
-    over = {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 1, "val_interval": 1, "seg_regions": regions,
-            "modalities": ["flair", "t1ce"], **SMALL}
+    over = {
+        "dataset_dir": str(data_dir),
+        "bundle_root": str(tmp_path),
+        "epochs": 1,
+        "val_interval": 1,
+        "seg_regions": regions,
+        "modalities": ["flair", "t1ce"],
+        **SMALL,
+    }
     run_bundle(BUNDLE, "train.json", over)
     run_bundle(BUNDLE, "evaluate.json", {**over, "output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -150,8 +188,14 @@ def test_brats_regions_by_override(data_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(data_dir, tmp_path):
     epochs = 40
-    overrides = {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": epochs, "val_interval": 100,
-                 "progress_bar": False, **SMALL}
+    overrides = {
+        "dataset_dir": str(data_dir),
+        "bundle_root": str(tmp_path),
+        "epochs": epochs,
+        "val_interval": 100,
+        "progress_bar": False,
+        **SMALL,
+    }
     cfg_args = [x for k, v in overrides.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CFG / "train.json"), *cfg_args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -209,8 +253,19 @@ def test_bad_input_gives_one_clear_error(damage, data_dir, tmp_path):
         lines = [ln if not ln.startswith(f"{name},") else f"{name},IDH1-R132H" for ln in text.splitlines()]
         (bad / "labels.csv").write_text("\n".join(lines) + "\n")
         expected = ["labels.csv", "idh_status='IDH1-R132H' is not one of"]
-    proc = run_bundle(BUNDLE, "train.json", {"dataset_dir": str(bad), "bundle_root": str(tmp_path / "b"), "epochs": 1,
-                                             "val_fraction": 0.25, "test_fraction": 0.25, **SMALL}, check=False)
+    proc = run_bundle(
+        BUNDLE,
+        "train.json",
+        {
+            "dataset_dir": str(bad),
+            "bundle_root": str(tmp_path / "b"),
+            "epochs": 1,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+            **SMALL,
+        },
+        check=False,
+    )
     assert proc.returncode != 0
     assert "DatasetError" in proc.stderr and f"case '{name}'" in proc.stderr, proc.stderr[-3000:]
     for text in expected:
@@ -221,8 +276,13 @@ def test_workflow_properties_complete(data_dir):
     from monai.bundle import ConfigWorkflow
 
     for cfg, kind in (("train.json", "train"), ("inference.json", "infer")):
-        wf = ConfigWorkflow(config_file=str(CFG / cfg), meta_file=str(CFG / "metadata.json"), workflow_type=kind,
-                            logging_file=str(CFG / "logging.conf"), dataset_dir=str(data_dir))
+        wf = ConfigWorkflow(
+            config_file=str(CFG / cfg),
+            meta_file=str(CFG / "metadata.json"),
+            workflow_type=kind,
+            logging_file=str(CFG / "logging.conf"),
+            dataset_dir=str(data_dir),
+        )
         wf.initialize()
         assert not wf.check_properties(), f"{cfg}: missing properties {wf.check_properties()}"
 
@@ -268,9 +328,23 @@ def test_train_evaluate_inference_networks_agree():
 def test_torchscript_export(trained, tmp_path):
     ts = tmp_path / "model.ts"
     cmd = [
-        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
-        "--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file", str(CFG / "metadata.json"),
-        "--config_file", str(CFG / "inference.json"), "--bundle_root", str(trained), "--key_in_ckpt", "model",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(trained / "models" / "model.pt"),
+        "--meta_file",
+        str(CFG / "metadata.json"),
+        "--config_file",
+        str(CFG / "inference.json"),
+        "--bundle_root",
+        str(trained),
+        "--key_in_ckpt",
+        "model",
     ]
     cmd += [x for k, v in SMALL.items() for x in (f"--{k}", json.dumps(v))]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -282,9 +356,12 @@ def test_torchscript_export(trained, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes(data_dir, tmp_path):
-    proc = run_bundle(BUNDLE, ["train.json", "multi_gpu_train.json"],
-                      {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 2, "val_interval": 1, **SMALL},
-                      torchrun=2)
+    proc = run_bundle(
+        BUNDLE,
+        ["train.json", "multi_gpu_train.json"],
+        {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 2, "val_interval": 1, **SMALL},
+        torchrun=2,
+    )
     log = _log(proc)
     assert "rank 0: epoch 2: training tasks" in log and "rank 1: epoch 2: training tasks" in log
     models = tmp_path / "models"

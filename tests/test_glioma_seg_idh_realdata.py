@@ -19,8 +19,15 @@ from tests.bundle_cli import REAL_DATA, run_bundle
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 BUNDLE = "glioma_seg_idh"
-FAST = {"features": [8, 16, 32, 64], "samples_per_case": 2, "batch_size": 8, "epochs": 1, "val_interval": 1,
-        "progress_bar": False, "n_bootstrap": 50}
+FAST = {
+    "features": [8, 16, 32, 64],
+    "samples_per_case": 2,
+    "batch_size": 8,
+    "epochs": 1,
+    "val_interval": 1,
+    "progress_bar": False,
+    "n_bootstrap": 50,
+}
 
 
 def _need(name: str) -> Path:
@@ -47,8 +54,15 @@ def test_lgg_train_evaluate_with_idh_labels(tmp_path):
 def test_brats2015_regions_and_full_size_output(tmp_path):
     src = _need("brats2015")
     root = tmp_path / "bundle"
-    over = {"dataset_dir": str(src), "bundle_root": str(root), "modalities": ["flair", "t1ce"],
-            "seg_regions": {"wt": [1, 2, 3, 4], "tc": [1, 3, 4], "et": [4]}, "sw_overlap": [0.25, 0.25, 0.0], **FAST}
+    over = {
+        "dataset_dir": str(src),
+        "bundle_root": str(root),
+        "modalities": ["flair", "t1ce"],
+        "seg_regions": {"wt": [1, 2, 3, 4], "tc": [1, 3, 4], "et": [4]},
+        "sw_overlap": [0.25, 0.25, 0.0],
+        **FAST,
+        "batch_size": 4,
+    }  # 2 training cases x 2 crops
     run_bundle(BUNDLE, "train.json", over)
     run_bundle(BUNDLE, "evaluate.json", {**over, "eval_split": "test", "output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

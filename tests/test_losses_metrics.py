@@ -84,6 +84,9 @@ def test_roc_auc_and_case_bootstrap():
     lo_s, hi_s = case_bootstrap_ci(roc_auc, p, y, None, n_bootstrap=200)
     assert lo_s < auc < hi_s
     assert math.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+    # no labelled sample (a data set without the label) or one class only: undefined, not a crash
+    assert all(math.isnan(v) for v in case_bootstrap_ci(roc_auc, np.zeros(0), np.zeros(0), [], n_bootstrap=10))
+    assert all(math.isnan(v) for v in case_bootstrap_ci(roc_auc, np.ones(3), np.ones(3), None, n_bootstrap=10))
 
 
 def test_case_bootstrap_is_wider_for_correlated_slices():

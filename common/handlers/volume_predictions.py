@@ -30,9 +30,9 @@ class SegClassPredictionWriter:
 
     The segmentation is a label map (0 background, ``k`` = the ``k``-th of ``regions`` being the innermost region
     holding the voxel) moved back to the input image's grid by inverting ``transform`` (e.g. ``Orientationd``), so it
-    overlays the input files. Region volumes count each region's own mask (overlapping regions included). The CSV and JSON hold the class probability, the predicted class name, and each
-    region's volume in voxels and in mm^3 (from the input's voxel spacing; for files without a real spacing, an
-    identity affine, mm^3 equals voxels).
+    overlays the input files. The CSV and JSON hold the class probability, the predicted class name, and each
+    region's volume in voxels and in mm^3 (each region's own mask, overlapping regions included; mm^3 from the
+    input's voxel spacing, so for files without a real spacing, an identity affine, mm^3 equals voxels).
 
     Args:
         output_dir: output folder (created).

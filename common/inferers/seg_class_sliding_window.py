@@ -76,8 +76,14 @@ class SegClassSlidingWindowInferer(Inferer):
             return {seg_task: seg, _CLS_MAP: cls_map}
 
         out = sliding_window_inference(
-            inputs, self.roi_size, self.sw_batch_size, predictor, self.overlap, self.mode,
-            sw_device=self.sw_device, device=self.device,
+            inputs,
+            self.roi_size,
+            self.sw_batch_size,
+            predictor,
+            self.overlap,
+            self.mode,
+            sw_device=self.sw_device,
+            device=self.device,
         )
         seg, cls_map = out[seg_task], out[_CLS_MAP]
         if self.seg_postprocess is not None:

@@ -34,6 +34,8 @@ def case_bootstrap_ci(
     ids = np.arange(len(y_true)) if cases is None else np.asarray(cases)
     if len(ids) != len(y_true):
         raise ValueError(f"cases ({len(ids)}) and y_true ({len(y_true)}) must have the same length.")
+    if len(y_true) == 0 or len(np.unique(y_true)) < 2:  # e.g. no labelled case, or one class only: undefined
+        return float("nan"), float("nan")
     uniq, inverse = np.unique(ids, return_inverse=True)
     groups = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     rng = np.random.default_rng(seed)

@@ -68,7 +68,9 @@ class SegmentationTaskMetrics(OutputDictMetric):
         logits = output[Keys.PRED][self.task].detach().float()
         target = torch.as_tensor(output[Keys.LABEL][self.label_key]).detach().to(logits.device)
         if logits.shape != target.shape:
-            raise ValueError(f"task '{self.task}': prediction shape {tuple(logits.shape)} != label shape {tuple(target.shape)}.")
+            raise ValueError(
+                f"task '{self.task}': prediction shape {tuple(logits.shape)} != label shape {tuple(target.shape)}."
+            )
         if logits.shape[1] != len(self.regions):
             raise ValueError(f"task '{self.task}': {logits.shape[1]} channels for regions {self.regions}.")
         pred = (torch.sigmoid(logits) >= self.threshold).float()
@@ -77,11 +79,16 @@ class SegmentationTaskMetrics(OutputDictMetric):
         spacing = output[Keys.LABEL].get(self.spacing_key) if self.spacing_key else None
         rows = []
         for i in range(pred.shape[0]):
-            sp = None if spacing is None else [float(s) for s in torch.as_tensor(spacing[i]).reshape(-1)[: pred.dim() - 2]]
+            sp = (
+                None
+                if spacing is None
+                else [float(s) for s in torch.as_tensor(spacing[i]).reshape(-1)[: pred.dim() - 2]]
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MONAI warns on every empty mask; those pairs are counted instead
-                hd = compute_hausdorff_distance(pred[i : i + 1], target[i : i + 1], include_background=True,
-                                                percentile=95, spacing=sp)
+                hd = compute_hausdorff_distance(
+                    pred[i : i + 1], target[i : i + 1], include_background=True, percentile=95, spacing=sp
+                )
             rows.append(hd.cpu().numpy()[0])
         self._hd95.append(np.stack(rows))
 

@@ -52,8 +52,14 @@ class _SegDecoder(nn.Module):
     """Expanding path: up-sampling, concatenation with the encoder skip, two convolutions; 1x1 output layer."""
 
     def __init__(
-        self, spatial_dims: int, features: Sequence[int], out_channels: int, act: str | tuple, norm: str | tuple,
-        bias: bool, dropout: float,
+        self,
+        spatial_dims: int,
+        features: Sequence[int],
+        out_channels: int,
+        act: str | tuple,
+        norm: str | tuple,
+        bias: bool,
+        dropout: float,
     ) -> None:
         super().__init__()
         f = list(features)

@@ -90,15 +90,19 @@ class CheckMultimodalCased(MapTransform):
         codes_ref, codes_img = nib.aff2axcodes(a_ref), nib.aff2axcodes(a_img)
         if codes_ref != codes_img:
             raise case_error(
-                case, path, f"{what} orientation {''.join(codes_img)} differs from orientation "
-                f"{''.join(codes_ref)} of {Path(ref_path).name}; resample the case to one grid."
+                case,
+                path,
+                f"{what} orientation {''.join(codes_img)} differs from orientation "
+                f"{''.join(codes_ref)} of {Path(ref_path).name}; resample the case to one grid.",
             )
         if not np.allclose(a_ref, a_img, atol=self.atol):
             raise case_error(
-                case, path, f"{what} voxel grid (affine) differs from that of {Path(ref_path).name}: "
+                case,
+                path,
+                f"{what} voxel grid (affine) differs from that of {Path(ref_path).name}: "
                 f"spacing {np.round(np.linalg.norm(a_img[:3, :3], axis=0), 4).tolist()} vs "
                 f"{np.round(np.linalg.norm(a_ref[:3, :3], axis=0), 4).tolist()}, origin "
-                f"{np.round(a_img[:3, 3], 3).tolist()} vs {np.round(a_ref[:3, 3], 3).tolist()}."
+                f"{np.round(a_img[:3, 3], 3).tolist()} vs {np.round(a_ref[:3, 3], 3).tolist()}.",
             )
 
     def _check_labels(self, case: str, seg: Any) -> None:
@@ -112,8 +116,10 @@ class CheckMultimodalCased(MapTransform):
             if bad:
                 counts = {v: int((data == v).sum()) for v in bad}
                 raise case_error(
-                    case, path, f"segmentation labels {bad} are outside the allowed labels {self.label_values} "
-                    f"(voxel counts {counts}); set seg_labels/seg_regions in the config to match the data."
+                    case,
+                    path,
+                    f"segmentation labels {bad} are outside the allowed labels {self.label_values} "
+                    f"(voxel counts {counts}); set seg_labels/seg_regions in the config to match the data.",
                 )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

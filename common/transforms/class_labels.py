@@ -26,7 +26,11 @@ class MaskLabelOutsideForegroundd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, seg_key: str = "label", missing_value: float = -1, min_voxels: int = 1,
+        self,
+        keys: KeysCollection,
+        seg_key: str = "label",
+        missing_value: float = -1,
+        min_voxels: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -40,5 +44,9 @@ class MaskLabelOutsideForegroundd(MapTransform):
         if fg < self.min_voxels:
             for key in self.key_iterator(d):
                 value = d[key]
-                d[key] = torch.full_like(value, self.missing_value) if isinstance(value, torch.Tensor) else self.missing_value
+                d[key] = (
+                    torch.full_like(value, self.missing_value)
+                    if isinstance(value, torch.Tensor)
+                    else self.missing_value
+                )
         return d

@@ -18,7 +18,9 @@ def _check_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, list[int]]
         raise ValueError("regions must name at least one region, e.g. {'tumour': [1]}.")
     out = {}
     for name, labels in regions.items():
-        values = [int(v) for v in (labels if isinstance(labels, Sequence) and not isinstance(labels, str) else [labels])]
+        values = [
+            int(v) for v in (labels if isinstance(labels, Sequence) and not isinstance(labels, str) else [labels])
+        ]
         if not values or any(v <= 0 for v in values):
             raise ValueError(f"regions['{name}'] must list positive label values, got {labels!r}.")
         out[str(name)] = values
@@ -50,9 +52,11 @@ class SegRegionsd(MapTransform):
             values = lab[0].round().long()
             channels = [torch.isin(values, torch.tensor(v, device=values.device)) for v in self.regions.values()]
             out = torch.stack(channels).float()
-            d[key] = MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations) if isinstance(
-                label, MetaTensor
-            ) else out
+            d[key] = (
+                MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations)
+                if isinstance(label, MetaTensor)
+                else out
+            )
         return d
 
 
