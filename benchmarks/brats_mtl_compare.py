@@ -14,25 +14,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CFG = REPO / "bundles" / "brats_mtl" / "configs"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.strategy_compare import run_config  # noqa: E402
 
 
 def run(config: str, overrides: dict[str, str], log: Path) -> float:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CFG / config)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", str(v)]
-    start = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
-    return time.time() - start
+    """Run one brats_mtl config through the monai.bundle CLI; return its wall time in seconds."""
+    return run_config("brats_mtl", config, overrides, log)
 
 
 def markdown_table(table: Path) -> str:

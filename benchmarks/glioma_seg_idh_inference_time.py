@@ -14,15 +14,14 @@ import argparse
 import csv
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.strategy_compare import run_config  # noqa: E402
 from common.data import build_brats_datalist, select_split  # noqa: E402
 
 
@@ -42,31 +41,18 @@ def main() -> None:
         for r in records:
             case_dir = Path(r["image"][0]).parent
             (data / r["case"]).symlink_to(case_dir.resolve(), target_is_directory=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            str(REPO / "bundles" / "glioma_seg_idh" / "configs" / "inference.json"),
-            "--dataset_dir",
-            str(data),
-            "--bundle_root",
-            str(Path(args.bundle_root).resolve()),
-            "--output_dir",
-            str(Path(tmp) / "pred"),
-            "--modalities",
-            repr(args.modalities),
-        ]
-        for kv in args.override:
-            k, v = kv.split("=", 1)
-            cmd += [f"--{k}", v]
-        start = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.time() - start
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    match = re.search(r"Engine run finished\. Time taken: (\d+):(\d+):(\d+\.\d+)", proc.stdout + proc.stderr)
+        overrides = {
+            "dataset_dir": str(data),
+            "bundle_root": str(Path(args.bundle_root).resolve()),
+            "output_dir": str(Path(tmp) / "pred"),
+            "modalities": repr(args.modalities),
+        }
+        overrides.update(kv.split("=", 1) for kv in args.override)
+        log = Path(args.out).resolve().with_suffix(".log")  # kept: run_config names it on failure
+        log.parent.mkdir(parents=True, exist_ok=True)
+        wall = run_config("glioma_seg_idh", "inference.json", overrides, log)
+        text = log.read_text()
+    match = re.search(r"Engine run finished\. Time taken: (\d+):(\d+):(\d+\.\d+)", text)
     engine = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else float("nan")
     row = {
         "dataset": Path(args.dataset_dir).name,

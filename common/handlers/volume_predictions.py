@@ -61,6 +61,7 @@ class SegClassPredictionWriter:
         self.output_dir, self.transform, self.regions = str(output_dir), transform, list(regions)
         self.seg_task, self.cls_task, self.class_names = seg_task, cls_task, list(class_names)
         self.threshold, self.image_key, self.case_key = threshold, image_key, case_key
+        self.inverter = Invertd(keys="pred", transform=transform, orig_keys=image_key, nearest_interp=True)
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -74,8 +75,7 @@ class SegClassPredictionWriter:
     def _to_input_space(self, label_map: torch.Tensor, image: MetaTensor) -> MetaTensor:
         pred = MetaTensor(label_map[None].float(), affine=image.affine, meta=dict(image.meta))
         pred.applied_operations = list(image.applied_operations)
-        inverter = Invertd(keys="pred", transform=self.transform, orig_keys=self.image_key, nearest_interp=True)
-        return inverter({"pred": pred, self.image_key: image})["pred"]
+        return self.inverter({"pred": pred, self.image_key: image})["pred"]
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
