@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .case_checks import CheckMultimodalCased
 from .class_labels import MaskLabelOutsideForegroundd
+from .colour_image import CheckColourImaged
 from .seg_regions import SegRegionsd, keep_largest_component_logits, regions_to_label_map
 from .simmim_mask import SimMIMMaskd

@@ -1,0 +1,86 @@
+"""Checks of a loaded colour photograph (fundus, dermoscopy, ...) and its masks: one clear error naming the file."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.transforms import MapTransform
+
+from ..data.errors import case_error
+from .case_checks import _filename
+
+__all__ = ["CheckColourImaged"]
+
+
+class CheckColourImaged(MapTransform):
+    """Check a colour image loaded by ``LoadImaged(ensure_channel_first=True)`` (channel-first, 2-D) and its masks.
+
+    Checked: the image has exactly 3 channels (grayscale or RGBA images are refused with a hint, not silently
+    converted), each spatial side is at least ``min_size`` pixels, no NaN/inf values; every mask key present is
+    one channel of the image's size. The error (:class:`~common.data.DatasetError`) names the case and the file.
+
+    Args:
+        keys: image keys.
+        mask_keys: keys of masks that must match the image size (checked when present and not None).
+        min_size: smallest allowed side in pixels.
+        case_key: key of the image id used in messages.
+        allow_missing_keys: don't raise when an image key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable] | Hashable,
+        mask_keys: Sequence[Hashable] = (),
+        min_size: int = 64,
+        case_key: str = "case",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if min_size < 1:
+            raise ValueError(f"min_size must be >= 1, got {min_size}.")
+        self.mask_keys, self.min_size, self.case_key = tuple(mask_keys), int(min_size), case_key
+
+    def _check_image(self, case: str, key: Hashable, img: Any) -> tuple[int, ...]:
+        path = _filename(img, str(key))
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) != 3:
+            raise case_error(case, path, f"expected a 2-D colour image, got array shape {shape} (channel first).")
+        channels, spatial = shape[0], shape[1:]
+        if channels == 1:
+            raise case_error(case, path, "is a grayscale image; a colour (RGB) photograph is required.")
+        if channels == 4:
+            raise case_error(case, path, "has 4 channels (RGBA/CMYK); save it as 3-channel RGB.")
+        if channels != 3:
+            raise case_error(case, path, f"has {channels} channels; a 3-channel RGB image is required.")
+        if min(spatial) < self.min_size:
+            raise case_error(
+                case, path, f"is {spatial[0]}x{spatial[1]} pixels, smaller than the minimum side {self.min_size}."
+            )
+        data = torch.as_tensor(img)
+        if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+            raise case_error(case, path, "holds NaN or infinite values.")
+        return spatial
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = str(d.get(self.case_key, "?"))
+        spatial = None
+        for key in self.key_iterator(d):
+            spatial = self._check_image(case, key, d[key])
+        for key in self.mask_keys:
+            mask = d.get(key)
+            if mask is None or spatial is None:
+                continue
+            path = _filename(mask, str(key))
+            shape = tuple(int(s) for s in mask.shape)
+            if len(shape) == 3 and shape[0] > 1:
+                raise case_error(case, path, f"mask '{key}' has {shape[0]} channels; a one-channel mask is required.")
+            if shape[-2:] != spatial:
+                raise case_error(
+                    case,
+                    path,
+                    f"mask '{key}' size {shape[-2]}x{shape[-1]} differs from the image size {spatial[0]}x{spatial[1]}.",
+                )
+        return d
