@@ -1,9 +1,10 @@
-"""Data tools: BraTS-style datalists, patient-level splits, axial slice extraction and synthetic cases."""
+"""Data tools: BraTS-style and fundus datalists, patient-level splits, axial slice extraction and synthetic cases."""
 
 from __future__ import annotations
 
 from .brats import BRATS_MODALITIES, attach_case_labels, build_brats_datalist, read_case_labels
 from .errors import DatasetError
+from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
     brain_mask,
@@ -19,9 +20,11 @@ __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
     "SPLIT_NAMES",
     "DatasetError",
+    "FUNDUS_IMAGE_SUFFIXES",
     "attach_case_labels",
     "brain_mask",
     "build_brats_datalist",
+    "build_fundus_datalist",
     "build_slice_dataset",
     "extract_axial_slices",
     "generate_brats_like",

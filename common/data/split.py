@@ -105,8 +105,13 @@ def select_split(
     test_fraction: float = 0.2,
     seed: int = 0,
     fraction: float = 1.0,
+    split_key: str | None = None,
 ) -> list[dict]:
     """Records of one split of a datalist (records carry a ``"case"`` key).
+
+    With ``split_key``, a data set's own test split is kept: records whose ``split_key`` value is ``"test"`` form
+    the test set, and the other records are split into train and validation (``val_fraction`` of them;
+    ``test_fraction`` unused). Without any record marked ``"test"`` the seeded three-way split applies.
 
     Args:
         datalist: records, e.g. from :func:`~common.data.brats.build_brats_datalist`.
@@ -115,6 +120,7 @@ def select_split(
         test_fraction: see :func:`split_cases`.
         seed: seed of the split and of the under-sampling.
         fraction: share of training cases to keep (:func:`subsample_cases`); other splits are never reduced.
+        split_key: record key holding a predefined split name (e.g. ``"source_split"``); None ignores it.
 
     Returns:
         The records of the split, in datalist order.
@@ -126,7 +132,17 @@ def select_split(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
     if split_name == "all":
         return list(datalist)
-    cases = split_cases([r["case"] for r in datalist], val_fraction, test_fraction, seed)[split_name]
+    fixed_test = {r["case"] for r in datalist if split_key and str(r.get(split_key, "")).strip().lower() == "test"}
+    if fixed_test:
+        rest = [r["case"] for r in datalist if r["case"] not in fixed_test]
+        if split_name == "test":
+            cases = sorted(fixed_test)
+        elif not rest:
+            cases = []
+        else:
+            cases = split_cases(rest, val_fraction, 0.0, seed)[split_name]
+    else:
+        cases = split_cases([r["case"] for r in datalist], val_fraction, test_fraction, seed)[split_name]
     if split_name == "train" and fraction < 1.0:
         cases = subsample_cases(cases, fraction, seed)
     keep = set(cases)

@@ -1,5 +1,7 @@
-"""Inferers for multi-task networks (whole-volume segmentation with case-level classification)."""
+"""Inferers for multi-task networks (whole-volume segmentation with case-level classification; two-stage fundus
+disc crops)."""
 
 from __future__ import annotations
 
+from .disc_crop import DiscCropInferer, standardize_channels
 from .seg_class_sliding_window import SegClassSlidingWindowInferer

@@ -37,6 +37,8 @@ class SegmentationTaskMetrics(OutputDictMetric):
         spacing_key: key of per-case voxel spacing ``(B, 3)`` in the targets dict (None: voxels).
         threshold: probability threshold.
         prefix: key prefix.
+        region_first: name per-region keys ``{p}<region>_dice`` / ``{p}<region>_hd95`` instead.
+        count_key: key of the number of cases (default ``{p}n_cases``).
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class SegmentationTaskMetrics(OutputDictMetric):
         spacing_key: str | None = "spacing",
         threshold: float = 0.5,
         prefix: str = "",
+        region_first: bool = False,
+        count_key: str | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if not regions:
@@ -56,6 +60,8 @@ class SegmentationTaskMetrics(OutputDictMetric):
         self.task, self.regions, self.label_key, self.spacing_key = task, list(regions), label_key, spacing_key
         self.threshold = threshold
         self.p = f"{prefix}_" if prefix else ""
+        self.region_first = bool(region_first)
+        self.count_key = count_key or f"{self.p}n_cases"
         super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
 
     @reinit__is_reduced
@@ -101,11 +107,14 @@ class SegmentationTaskMetrics(OutputDictMetric):
         for r, name in enumerate(self.regions):
             d = float(np.mean(dice[:, r])) if len(dice) else float("nan")
             h = float(np.nanmean(hd95[:, r])) if np.isfinite(hd95[:, r]).any() else float("nan")
-            out[f"{self.p}dice_{name}"], out[f"{self.p}hd95_{name}"] = d, h
+            if self.region_first:
+                out[f"{self.p}{name}_dice"], out[f"{self.p}{name}_hd95"] = d, h
+            else:
+                out[f"{self.p}dice_{name}"], out[f"{self.p}hd95_{name}"] = d, h
             dice_r.append(d)
             hd_r.append(h)
         out[f"{self.p}dice_mean"] = float(np.mean(dice_r)) if len(dice) else float("nan")
         out[f"{self.p}hd95_mean"] = float(np.nanmean(hd_r)) if np.isfinite(hd_r).any() else float("nan")
         out[f"{self.p}hd95_undefined"] = int(np.isnan(hd95).sum())
-        out[f"{self.p}n_cases"] = int(len(dice))
+        out[self.count_key] = int(len(dice))
         return out

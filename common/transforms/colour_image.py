@@ -56,7 +56,9 @@ class CheckColourImaged(MapTransform):
             raise case_error(case, path, f"has {channels} channels; a 3-channel RGB image is required.")
         if min(spatial) < self.min_size:
             raise case_error(
-                case, path, f"is {spatial[0]}x{spatial[1]} pixels, smaller than the minimum side {self.min_size}."
+                case,
+                path,
+                f"has sides of {spatial[0]} and {spatial[1]} pixels, smaller than the minimum side {self.min_size}.",
             )
         data = torch.as_tensor(img)
         if data.is_floating_point() and not bool(torch.isfinite(data).all()):

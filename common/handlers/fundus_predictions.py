@@ -1,0 +1,135 @@
+"""Per-image outputs of a fundus disc/cup + glaucoma inference run: masks, overlay, JSON and a CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys as Keys
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["FundusPredictionWriter", "draw_contours"]
+
+logger = logging.getLogger(__name__)
+
+
+def draw_contours(rgb: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """Draw the outline of each binary ``(H, W)`` mask on an ``(H, W, 3)`` uint8 image (line width ~ H/300)."""
+    out = rgb.copy()
+    width = max(1, round(rgb.shape[0] / 300))
+    for mask, colour in zip(masks, colours):
+        if not mask.any():
+            continue
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=width)
+        out[edge] = colour
+    return out
+
+
+class FundusPredictionWriter:
+    """Write, per image, the disc and cup masks (PNG, 0/255, the input's size), an overlay PNG (disc outline in
+    green, cup in blue) and a JSON, plus ``predictions.csv`` with every image's vCDR and glaucoma probabilities.
+
+    Reads the batch image (``(B, 3, H, W)`` RGB scaled to [0, 1]) and the output of
+    :class:`~common.inferers.DiscCropInferer`. An image whose disc was not detected, or whose disc mask is empty,
+    is flagged in the ``flag`` column (never silently written as a normal result).
+
+    Args:
+        output_dir: folder of the outputs (one sub-folder per image).
+        seg_task: key of the full-size disc/cup logits.
+        cls_task: name of the glaucoma task (keys ``cls_task``, ``<cls_task>_vcdr``, ``<cls_task>_fused``).
+        threshold: probability threshold of masks and of the predicted class.
+        image_key, case_key: batch keys of the image and the image id.
+        class_names: names of the negative and the positive class.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        seg_task: str = "seg",
+        cls_task: str = "glaucoma",
+        threshold: float = 0.5,
+        image_key: str = "image",
+        case_key: str = "case",
+        class_names: tuple[str, str] = ("normal", "glaucoma"),
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        self.output_dir, self.seg_task, self.cls_task, self.threshold = str(output_dir), seg_task, cls_task, threshold
+        self.image_key, self.case_key, self.class_names = image_key, case_key, tuple(class_names)
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._write_csv)
+
+    def _prob(self, pred: dict, key: str, i: int) -> float:
+        value = pred.get(key)
+        if value is None or torch.as_tensor(value).numel() == 0:
+            return float("nan")
+        return float(torch.sigmoid(torch.as_tensor(value).detach().float().reshape(-1)[i]))
+
+    def __call__(self, engine: Engine) -> None:
+        output, batch = engine.state.output, engine.state.batch
+        if isinstance(output, list):
+            raise ValueError("FundusPredictionWriter needs a batch output dict: set decollate=False on the engine.")
+        pred = output[Keys.PRED]
+        seg = pred[self.seg_task].detach().float().cpu()
+        images = batch[self.image_key].detach().float().cpu()
+        cases = list(batch.get(self.case_key) or [f"image{len(self.rows) + i}" for i in range(images.shape[0])])
+        for i, case in enumerate(cases):
+            rgb = (images[i].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            if seg.shape[1] >= 2:
+                disc = (torch.sigmoid(seg[i, 0]) >= self.threshold).numpy()
+                cup = (torch.sigmoid(seg[i, 1]) >= self.threshold).numpy() & disc
+            else:
+                disc = cup = np.zeros(rgb.shape[:2], dtype=bool)
+            folder = os.path.join(self.output_dir, str(case))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(disc.astype(np.uint8) * 255).save(os.path.join(folder, f"{case}_disc.png"))
+            Image.fromarray(cup.astype(np.uint8) * 255).save(os.path.join(folder, f"{case}_cup.png"))
+            overlay = draw_contours(rgb, [disc, cup], [(0, 255, 0), (0, 128, 255)])
+            Image.fromarray(overlay).save(os.path.join(folder, f"{case}_overlay.png"))
+            found = bool(float(torch.as_tensor(pred.get("disc_found", torch.ones(len(cases)))).reshape(-1)[i]))
+            flags = [] if found else ["disc not detected by the locator"]
+            flags += [] if disc.any() else ["no disc segmented"]
+            vcdr = float(torch.as_tensor(pred.get("vcdr", torch.full((len(cases),), math.nan))).reshape(-1)[i])
+            p_fused = self._prob(pred, f"{self.cls_task}_fused", i)
+            row: dict[str, Any] = {
+                "case": str(case),
+                "vcdr": None if math.isnan(vcdr) else round(vcdr, 4),
+                f"{self.cls_task}_probability": None if math.isnan(p_fused) else round(p_fused, 6),
+                f"{self.cls_task}_probability_head": round(self._prob(pred, self.cls_task, i), 6),
+                f"{self.cls_task}_probability_vcdr": round(self._prob(pred, f"{self.cls_task}_vcdr", i), 6),
+                f"{self.cls_task}_prediction": self.class_names[int(p_fused >= self.threshold)]
+                if not math.isnan(p_fused)
+                else "",
+                "disc_pixels": int(disc.sum()),
+                "cup_pixels": int(cup.sum()),
+                "flag": "; ".join(flags),
+                "disc_mask": os.path.join(str(case), f"{case}_disc.png"),
+                "cup_mask": os.path.join(str(case), f"{case}_cup.png"),
+                "overlay": os.path.join(str(case), f"{case}_overlay.png"),
+            }
+            if flags:
+                logger.warning(f"image '{case}': {'; '.join(flags)}; its result is flagged in predictions.csv.")
+            with open(os.path.join(folder, f"{case}_{self.cls_task}.json"), "w") as f:
+                json.dump(row, f, indent=2)
+            self.rows.append(row)
+
+    def _write_csv(self, engine: Engine) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, "predictions.csv")
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["case"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        logger.info(f"{len(self.rows)} image prediction(s) written to {self.output_dir}")
