@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's main job: install, generate the embedded synthetic BraTS-style data set, then run the brats_mtl
-# and glioma_seg_idh bundles' train -> evaluate -> inference with the monai.bundle CLI.
+# The README's main job: install, generate the embedded synthetic BraTS-style and fundus data sets, then run the
+# brats_mtl, glioma_seg_idh and fundus_glaucoma bundles' train -> evaluate -> inference with the monai.bundle CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -28,3 +28,16 @@ echo "checkpoint:   bundles/glioma_seg_idh/models/model.pt"
 echo "metrics:      bundles/glioma_seg_idh/eval/metrics.json"
 cat bundles/glioma_seg_idh/eval/metrics.json; echo
 echo "predictions:  bundles/glioma_seg_idh/predictions/<case>/<case>_seg.nii.gz and predictions.csv"
+
+FDATA="${DEMO_FUNDUS_DATA:-data/fundus_demo}"
+python -m common.data.synthetic_fundus --out "$FDATA" --n_images 24 --seed 0
+F=bundles/fundus_glaucoma/configs
+python -m monai.bundle run --config_file "$F/train.json" --dataset_dir "$FDATA" --locator_epochs "${DEMO_FUNDUS_EPOCHS:-20}" \
+    --epochs "${DEMO_FUNDUS_EPOCHS:-20}" --val_interval 10 --resume false --progress_bar false
+python -m monai.bundle run --config_file "$F/evaluate.json" --dataset_dir "$FDATA" --eval_split test
+python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$FDATA"
+echo
+echo "checkpoints:  bundles/fundus_glaucoma/models/locator.pt, model.pt, vcdr_logistic.json"
+echo "metrics:      bundles/fundus_glaucoma/eval/metrics.json"
+cat bundles/fundus_glaucoma/eval/metrics.json; echo
+echo "predictions:  bundles/fundus_glaucoma/predictions/<image>/<image>_{disc,cup,overlay}.png and predictions.csv"
