@@ -1,9 +1,20 @@
-"""Data tools: BraTS-style datalists, patient-level splits, axial slice extraction and synthetic cases."""
+"""Data tools: BraTS-style datalists, risk-factor tables, patient-level splits, axial slices and synthetic data."""
 
 from __future__ import annotations
 
 from .brats import BRATS_MODALITIES, attach_case_labels, build_brats_datalist, read_case_labels
-from .errors import DatasetError
+from .errors import DatasetError, case_error
+from .factors import (
+    FACTOR_KINDS,
+    FACTOR_LOSSES,
+    FACTOR_STAGES,
+    IMAGE_EXTENSIONS,
+    Factor,
+    FactorTable,
+    factor_pos_weights,
+    list_fundus_images,
+    read_factor_datalist,
+)
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
     brain_mask,
@@ -19,6 +30,17 @@ __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
     "SPLIT_NAMES",
     "DatasetError",
+    "FACTOR_KINDS",
+    "FACTOR_LOSSES",
+    "FACTOR_STAGES",
+    "Factor",
+    "FactorTable",
+    "IMAGE_EXTENSIONS",
+    "case_error",
+    "factor_pos_weights",
+    "generate_fundus_like",
+    "list_fundus_images",
+    "read_factor_datalist",
     "attach_case_labels",
     "brain_mask",
     "build_brats_datalist",
@@ -35,9 +57,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Import :func:`generate_brats_like` lazily, so that ``python -m common.data.synthetic`` runs cleanly."""
+    """Import the synthetic generators lazily, so that ``python -m common.data.synthetic[_fundus]`` runs cleanly."""
     if name == "generate_brats_like":
         from .synthetic import generate_brats_like
 
         return generate_brats_like
+    if name == "generate_fundus_like":
+        from .synthetic_fundus import generate_fundus_like
+
+        return generate_fundus_like
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -106,7 +106,9 @@ def select_split(
     seed: int = 0,
     fraction: float = 1.0,
 ) -> list[dict]:
-    """Records of one split of a datalist (records carry a ``"case"`` key).
+    """Records of one split of a datalist (records carry a ``"case"`` key, the patient).
+
+    Several records of one case (e.g. both eyes of a patient) always go to the same split.
 
     Args:
         datalist: records, e.g. from :func:`~common.data.brats.build_brats_datalist`.
@@ -126,8 +128,9 @@ def select_split(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
     if split_name == "all":
         return list(datalist)
-    cases = split_cases([r["case"] for r in datalist], val_fraction, test_fraction, seed)[split_name]
+    unique = list(dict.fromkeys(str(r["case"]) for r in datalist))
+    cases = split_cases(unique, val_fraction, test_fraction, seed)[split_name]
     if split_name == "train" and fraction < 1.0:
         cases = subsample_cases(cases, fraction, seed)
     keep = set(cases)
-    return [r for r in datalist if r["case"] in keep]
+    return [r for r in datalist if str(r["case"]) in keep]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver
+from .factor_predictions import FactorPredictionWriter
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars

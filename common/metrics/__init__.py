@@ -5,5 +5,6 @@ from __future__ import annotations
 from .bootstrap import case_bootstrap_ci
 from .classification import BinaryTaskMetrics, balanced_accuracy, roc_auc
 from .counts import SampleCounts
+from .factors import FactorMetrics, mae, rmse
 from .reconstruction import MaskedMSE
 from .segmentation import SegmentationTaskMetrics
