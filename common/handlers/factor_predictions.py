@@ -76,7 +76,7 @@ class FactorPredictionWriter:
                     row[f.name] = round(y, 4)
                 if values is not None:
                     true = float(values[i, k])
-                    row[f"{f.name}_true"] = "" if math.isnan(true) else true
+                    row[f"{f.name}_true"] = "" if math.isnan(true) else round(true, 4)
             self._rows.append(row)
 
     def _write(self, engine: Engine) -> None:
