@@ -271,7 +271,7 @@ def read_factor_datalist(
     dataset_dir: str | os.PathLike,
     factors: FactorTable | Iterable[Mapping[str, Any]],
     labels_file: str | os.PathLike | None = None,
-    image_template: str = "{image}",
+    image_template: str = "images/{image}",
     patient_column: str | None = "patient",
     ignore_columns: Sequence[str] = (),
     on_invalid: str = "error",
@@ -284,7 +284,7 @@ def read_factor_datalist(
         factors: the factor table.
         labels_file: CSV or JSON of one row per image (default ``<dataset_dir>/factors.csv``).
         image_template: image path relative to ``dataset_dir``, formatted with the row, e.g. ``"images/{image}"``
-            or ``"images/{identifier}.png"``.
+            or ``"images/{identifier}.png"`` (default: an ``images/`` folder and an ``image`` column).
         patient_column: column of the patient id (the unit of the train/validation/test split, so both eyes of a
             patient stay together); None: each image is its own patient.
         ignore_columns: columns that are neither image, patient nor factor (e.g. ``eye``); any other column not in
