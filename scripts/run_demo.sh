@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: install, generate the embedded synthetic BraTS-style data set, then run the brats_mtl
-# and glioma_seg_idh bundles' train -> evaluate -> inference with the monai.bundle CLI.
+# and glioma_seg_idh bundles' train -> evaluate -> inference with the monai.bundle CLI; then the same for
+# cmr_fundus on synthetic fundus photographs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -28,3 +29,16 @@ echo "checkpoint:   bundles/glioma_seg_idh/models/model.pt"
 echo "metrics:      bundles/glioma_seg_idh/eval/metrics.json"
 cat bundles/glioma_seg_idh/eval/metrics.json; echo
 echo "predictions:  bundles/glioma_seg_idh/predictions/<case>/<case>_seg.nii.gz and predictions.csv"
+
+F=bundles/cmr_fundus/configs
+FUNDUS="${DEMO_FUNDUS_DATA:-data/fundus_demo}"
+python -m common.data.synthetic_fundus --out "$FUNDUS" --n_patients 40 --seed 0
+python -m monai.bundle run --config_file "$F/train.json" --dataset_dir "$FUNDUS" --epochs "${DEMO_FUNDUS_EPOCHS:-8}" \
+    --resume false --progress_bar false
+python -m monai.bundle run --config_file "$F/evaluate.json" --dataset_dir "$FUNDUS" --eval_split test
+python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$FUNDUS/images"
+echo
+echo "checkpoint:   bundles/cmr_fundus/models/model.pt"
+echo "metrics:      bundles/cmr_fundus/eval/metrics.json"
+cat bundles/cmr_fundus/eval/metrics.json; echo
+echo "predictions:  bundles/cmr_fundus/predictions/predictions.csv"
