@@ -50,7 +50,9 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir) -> Path:
     root = tmp_path_factory.mktemp("cmr_bundle")
-    proc = run_bundle(BUNDLE, "train.json", {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 2, **SMALL})
+    proc = run_bundle(
+        BUNDLE, "train.json", {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 2, **SMALL}
+    )
     assert f"epoch 1: training tasks {FACTORS.names}" in _log(proc)
     return root
 
@@ -70,7 +72,11 @@ def test_train_saves_model_and_resume_state_and_logs_every_factor(trained):
 @pytest.mark.slow
 def test_evaluate_writes_every_factor_in_original_units(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle(BUNDLE, "evaluate.json", {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL})
+    run_bundle(
+        BUNDLE,
+        "evaluate.json",
+        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader(open(data_dir / "factors.csv")))
     assert metrics["n_images"] == 24 and metrics["n_patients"] == 12
@@ -94,7 +100,11 @@ def test_inference_on_a_folder_of_photographs(trained, data_dir, tmp_path):
     for name in ("p000_left.png", "p001_right.png", "p002_left.png"):
         shutil.copy(data_dir / "images" / name, folder / name)
     out = tmp_path / "pred"
-    run_bundle(BUNDLE, "inference.json", {"dataset_dir": str(folder), "bundle_root": str(trained), "output_dir": str(out), **SMALL})
+    run_bundle(
+        BUNDLE,
+        "inference.json",
+        {"dataset_dir": str(folder), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
+    )
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["image_id"] for r in rows] == ["p000_left", "p001_right", "p002_left"]
     for r in rows:
@@ -119,7 +129,13 @@ def test_baseline_strategies_by_override(strategy, data_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(data_dir, tmp_path):
     epochs = 40
-    overrides = {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": epochs, "val_interval": 100, **SMALL}
+    overrides = {
+        "dataset_dir": str(data_dir),
+        "bundle_root": str(tmp_path),
+        "epochs": epochs,
+        "val_interval": 100,
+        **SMALL,
+    }
     cfg_args = [x for k, v in overrides.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CFG / "train.json"), *cfg_args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -228,7 +244,10 @@ def test_data_set_configs_merge_over_every_workflow(tmp_path):
     """odir5k.json / les_av.json replace the factor table and the file layout of train, evaluate and inference."""
     from monai.bundle import ConfigParser
 
-    for extra, names in (("odir5k.json", ["age", "sex", "diabetes", "hypertension"]), ("les_av.json", ["age", "sex", "sbp", "dbp"])):
+    for extra, names in (
+        ("odir5k.json", ["age", "sex", "diabetes", "hypertension"]),
+        ("les_av.json", ["age", "sex", "sbp", "dbp"]),
+    ):
         for cfg in ("train.json", "evaluate.json", "inference.json"):
             parser = ConfigParser()
             parser.read_config([str(CFG / cfg), str(CFG / extra)])

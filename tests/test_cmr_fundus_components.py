@@ -39,9 +39,25 @@ def _config_factors(name: str = "train.json") -> list[dict]:
 
 def _table() -> list[dict]:
     return [
-        {"name": "age", "kind": "regression", "stage": "prior", "unit": "years", "center": 55, "scale": 10, "range": [0, 120]},
+        {
+            "name": "age",
+            "kind": "regression",
+            "stage": "prior",
+            "unit": "years",
+            "center": 55,
+            "scale": 10,
+            "range": [0, 120],
+        },
         {"name": "sex", "kind": "binary", "stage": "prior", "values": {"female": 0, "male": 1}},
-        {"name": "sbp", "kind": "regression", "unit": "mmHg", "center": 125, "scale": 15, "range": [60, 260], "column": "SBP"},
+        {
+            "name": "sbp",
+            "kind": "regression",
+            "unit": "mmHg",
+            "center": 125,
+            "scale": 15,
+            "range": [60, 260],
+            "column": "SBP",
+        },
         {"name": "diabetes", "kind": "binary", "column": "D", "pos_weight": "balanced"},
     ]
 
@@ -206,7 +222,9 @@ def test_masked_loss_uses_known_values_only_on_the_table_scale():
     out = loss(preds, {"factors": target})
     assert set(out) == {"age", "sex", "diabetes"}  # sbp has no known value in the batch: no loss, no NaN
     assert float(out["age"].detach()) == pytest.approx((0.5 + 1.0) / 2)  # |65-60|/10 and |50-40|/10; sample 2 masked
-    expected_sex = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0]))
+    expected_sex = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0])
+    )
     assert float(out["sex"]) == pytest.approx(float(expected_sex))
     expected_d = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.tensor([0.5, 0.0, -0.5]), torch.tensor([1.0, 0.0, 1.0]), pos_weight=torch.tensor(3.0)
@@ -281,7 +299,9 @@ def _run_metric(metric: FactorMetrics, preds: dict, values: torch.Tensor, cases:
     metric.reset()
     half = len(cases) // 2
     for sl in (slice(0, half), slice(half, None)):
-        metric.update({"pred": {k: v[sl] for k, v in preds.items()}, "label": {"factors": values[sl], "case": cases[sl]}})
+        metric.update(
+            {"pred": {k: v[sl] for k, v in preds.items()}, "label": {"factors": values[sl], "case": cases[sl]}}
+        )
     return metric.compute()
 
 

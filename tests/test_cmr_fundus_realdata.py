@@ -84,7 +84,9 @@ def test_les_av_sbp_412_is_an_error_by_default():
     cfg = _config("les_av.json")
     kwargs = dict(labels_file=LES_AV / "clinical.csv", image_template=cfg["image_template"],
                   patient_column=cfg["patient_column"], ignore_columns=cfg["ignore_columns"])  # fmt: skip
-    with pytest.raises(DatasetError, match=r"clinical.csv: row 7: SBP=412 is outside the plausible range \[60, 260\] mmHg"):
+    with pytest.raises(
+        DatasetError, match=r"clinical.csv: row 7: SBP=412 is outside the plausible range \[60, 260\] mmHg"
+    ):
         read_factor_datalist(LES_AV, cfg["factors"], on_invalid="error", **kwargs)
     records = read_factor_datalist(LES_AV, cfg["factors"], on_invalid="exclude", **kwargs)
     sbp = np.array([r["factors"][2] for r in records])

@@ -99,7 +99,9 @@ def _parse_factor(i: int, spec: Any) -> Factor:
         raise ValueError(f"{where}['stage'] must be one of {list(FACTOR_STAGES)}, got {stage!r}.")
     loss = spec.get("loss") or FACTOR_LOSSES[kind][0]
     if loss not in FACTOR_LOSSES[kind]:
-        raise ValueError(f"{where}['loss'] must be one of {list(FACTOR_LOSSES[kind])} for a {kind} factor, got {loss!r}.")
+        raise ValueError(
+            f"{where}['loss'] must be one of {list(FACTOR_LOSSES[kind])} for a {kind} factor, got {loss!r}."
+        )
     center, scale = float(spec.get("center", 0.0)), float(spec.get("scale", 1.0))
     if kind == "binary" and ("center" in spec or "scale" in spec):
         raise ValueError(f"{where}: 'center'/'scale' apply to regression factors only.")
@@ -388,7 +390,9 @@ def list_fundus_images(dataset_dir: str | os.PathLike, extensions: Sequence[str]
     return [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
 
 
-def factor_pos_weights(records: Sequence[Mapping[str, Any]], factors: FactorTable | Iterable[Mapping]) -> dict[str, float]:
+def factor_pos_weights(
+    records: Sequence[Mapping[str, Any]], factors: FactorTable | Iterable[Mapping]
+) -> dict[str, float]:
     """``pos_weight`` of each binary factor: its configured number, or ``n_negative / n_positive`` over the
     ``records`` for ``"balanced"`` (1 with a class absent); factors without ``pos_weight`` are left out."""
     table = FactorTable(factors)
@@ -405,4 +409,3 @@ def factor_pos_weights(records: Sequence[Mapping[str, Any]], factors: FactorTabl
         n_pos, n_neg = int((col == 1).sum()), int((col == 0).sum())
         out[f.name] = n_neg / n_pos if n_pos and n_neg else 1.0
     return out
-

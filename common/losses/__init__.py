@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .multitask import MultiTaskLoss, valid_sample_mask
-from .reconstruction import MaskedMSELoss
 from .class_balance import binary_pos_weight
 from .factors import MaskedFactorLoss
+from .multitask import MultiTaskLoss, valid_sample_mask
+from .reconstruction import MaskedMSELoss

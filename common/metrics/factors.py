@@ -79,7 +79,9 @@ class FactorMetrics(OutputDictMetric):
         preds, labels = output[Keys.PRED], output[Keys.LABEL]
         values = torch.as_tensor(labels[self.target_key]).detach().float().cpu()
         if values.ndim != 2 or values.shape[1] != len(self.table):
-            raise ValueError(f"targets '{self.target_key}' must be (batch, {len(self.table)}), got {tuple(values.shape)}.")
+            raise ValueError(
+                f"targets '{self.target_key}' must be (batch, {len(self.table)}), got {tuple(values.shape)}."
+            )
         cols = []
         for f in self.table:
             p = preds[f.name].detach().float().reshape(-1).cpu()
@@ -106,7 +108,9 @@ class FactorMetrics(OutputDictMetric):
             if f.is_binary:
                 auc = roc_auc(yhat, y)
                 out[f"{p}{f.name}_auc"] = auc
-                out[f"{p}{f.name}_accuracy"] = float(np.mean((yhat >= self.threshold) == (y > 0.5))) if len(y) else float("nan")
+                out[f"{p}{f.name}_accuracy"] = (
+                    float(np.mean((yhat >= self.threshold) == (y > 0.5))) if len(y) else float("nan")
+                )
                 out[f"{p}{f.name}_balanced_accuracy"] = balanced_accuracy(yhat >= self.threshold, y > 0.5)
                 metric, key, score = roc_auc, "auc", auc
             else:

@@ -91,7 +91,9 @@ class GatedFactorHead(nn.Module):
 def _fundus_encoder(in_channels: int, channels: Sequence[int], layers: Sequence[int]) -> nn.Module:
     """A small 2-D ResNet (MONAI basic blocks; 7x7 stride-2 stem and max pooling) returning pooled features."""
     if len(channels) != len(layers) or not channels:
-        raise ValueError(f"encoder_channels and encoder_layers must have the same length > 0, got {channels}, {layers}.")
+        raise ValueError(
+            f"encoder_channels and encoder_layers must have the same length > 0, got {channels}, {layers}."
+        )
     return ResNet(
         block="basic",
         layers=list(layers),
