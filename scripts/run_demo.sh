@@ -36,7 +36,7 @@ python -m common.data.synthetic_fundus --out "$FUNDUS" --n_patients 40 --seed 0
 python -m monai.bundle run --config_file "$F/train.json" --dataset_dir "$FUNDUS" --epochs "${DEMO_FUNDUS_EPOCHS:-8}" \
     --resume false --progress_bar false
 python -m monai.bundle run --config_file "$F/evaluate.json" --dataset_dir "$FUNDUS" --eval_split test
-python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$FUNDUS/images"
+python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$FUNDUS"
 echo
 echo "checkpoint:   bundles/cmr_fundus/models/model.pt"
 echo "metrics:      bundles/cmr_fundus/eval/metrics.json"

@@ -191,8 +191,12 @@ def test_missing_image_and_unknown_factor_column(small_set, caplog):
 
 def test_list_fundus_images(small_set):
     assert [r["image_id"] for r in list_fundus_images(small_set / "images")] == ["a_l", "a_r", "b_l", "c_l"]
+    assert len(list_fundus_images(small_set)) == 4  # the training layout's images/ folder
+    (small_set / "empty").mkdir()
     with pytest.raises(DatasetError, match="no image"):
-        list_fundus_images(small_set)
+        list_fundus_images(small_set / "empty")
+    with pytest.raises(DatasetError, match="is not a folder of images"):
+        list_fundus_images(small_set / "absent")
 
 
 def test_split_keeps_both_eyes_of_a_patient_together(tmp_path):

@@ -375,7 +375,8 @@ def read_factor_datalist(
 
 
 def list_fundus_images(dataset_dir: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict]:
-    """Records ``{"image", "case", "image_id"}`` of every image file directly in ``dataset_dir`` (no labels).
+    """Records ``{"image", "case", "image_id"}`` of every image file directly in ``dataset_dir`` (no labels), or,
+    where it holds none, in its ``images/`` folder (the training layout).
 
     Raises:
         DatasetError: the folder does not exist or holds no image.
@@ -385,6 +386,8 @@ def list_fundus_images(dataset_dir: str | os.PathLike, extensions: Sequence[str]
         raise case_error(None, root, "is not a folder of images.")
     exts = {e.lower() for e in extensions}
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not files and (root / "images").is_dir():
+        files = sorted(p for p in (root / "images").iterdir() if p.is_file() and p.suffix.lower() in exts)
     if not files:
         raise DatasetError(f"folder {root}: no image with extension {sorted(exts)}.")
     return [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
