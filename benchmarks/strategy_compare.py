@@ -10,8 +10,9 @@ training minutes, evaluation seconds per case, overrides).
     python benchmarks/strategy_compare.py --out benchmarks/results/glioma_seg_idh --report dice_mean hd95_mean idh_auc
 
 ``--override key=value`` pairs go to every run (e.g. ``epochs=100`` on a GPU); ``--strategy_override
-strategy:key=value`` to one strategy's runs (train and evaluate). A run whose metrics.json exists is not repeated
-(delete its folder to redo it).
+strategy:key=value`` to one strategy's runs (train and evaluate); ``--extra_configs`` are merged after the bundle's
+train.json and evaluate.json (e.g. a data set's factor table: ``--extra_configs odir5k.json``). A run whose
+metrics.json exists is not repeated (delete its folder to redo it).
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_config(bundle: str, config: str, overrides: dict[str, str], log: Path) -> float:
-    """Run one bundle config through ``python -m monai.bundle run``; return its wall time in seconds."""
+def run_config(bundle: str, config: str | list[str], overrides: dict[str, str], log: Path) -> float:
+    """Run one bundle config (or several merged, later ones overriding) through ``python -m monai.bundle run``;
+    return its wall time in seconds."""
+    cfg_dir = REPO / "bundles" / bundle / "configs"
+    files = [str(cfg_dir / c) for c in ([config] if isinstance(config, str) else config)]
     cmd = [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
         "--config_file",
-        str(REPO / "bundles" / bundle / "configs" / config),
+        files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]",
+        "--meta_file",
+        str(cfg_dir / "metadata.json"),
     ]
     for k, v in overrides.items():
         cmd += [f"--{k}", str(v)]
@@ -96,6 +102,7 @@ def main() -> None:
     parser.add_argument("--fractions", nargs="+", type=float, default=[1.0])
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for every run")
     parser.add_argument("--strategy_override", nargs="*", default=[], help="strategy:key=value overrides")
+    parser.add_argument("--extra_configs", nargs="*", default=[], help="config files merged after train/evaluate.json")
     parser.add_argument("--report", nargs="*", help="only print results.csv as a markdown table of these metrics")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -127,7 +134,7 @@ def main() -> None:
             }
             t_train = run_config(
                 args.bundle,
-                "train.json",
+                ["train.json", *args.extra_configs],
                 {
                     **shared,
                     "strategy": strategy,
@@ -139,7 +146,7 @@ def main() -> None:
             )
             t_eval = run_config(
                 args.bundle,
-                "evaluate.json",
+                ["evaluate.json", *args.extra_configs],
                 {**shared, "eval_split": "test", "output_dir": str(root / "eval")},
                 root / "evaluate.log",
             )

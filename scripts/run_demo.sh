@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's main job: install, generate the embedded synthetic BraTS-style and fundus data sets, then run the
-# brats_mtl, glioma_seg_idh and fundus_glaucoma bundles' train -> evaluate -> inference with the monai.bundle CLI.
+# The README's main job: install, generate the embedded synthetic data sets (BraTS-style volumes, fundus
+# photographs with disc/cup masks, fundus photographs with risk factors), then run the brats_mtl,
+# glioma_seg_idh, fundus_glaucoma and cmr_fundus bundles' train -> evaluate -> inference with the monai.bundle CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -41,3 +42,16 @@ echo "checkpoints:  bundles/fundus_glaucoma/models/locator.pt, model.pt, vcdr_lo
 echo "metrics:      bundles/fundus_glaucoma/eval/metrics.json"
 cat bundles/fundus_glaucoma/eval/metrics.json; echo
 echo "predictions:  bundles/fundus_glaucoma/predictions/<image>/<image>_{disc,cup,overlay}.png and predictions.csv"
+
+F=bundles/cmr_fundus/configs
+CDATA="${DEMO_CMR_DATA:-data/cmr_fundus_demo}"
+python -m common.data.synthetic_cmr --out "$CDATA" --n_patients 40 --seed 0
+python -m monai.bundle run --config_file "$F/train.json" --dataset_dir "$CDATA" --epochs "${DEMO_CMR_EPOCHS:-8}" \
+    --resume false --progress_bar false
+python -m monai.bundle run --config_file "$F/evaluate.json" --dataset_dir "$CDATA" --eval_split test
+python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$CDATA"
+echo
+echo "checkpoint:   bundles/cmr_fundus/models/model.pt"
+echo "metrics:      bundles/cmr_fundus/eval/metrics.json"
+cat bundles/cmr_fundus/eval/metrics.json; echo
+echo "predictions:  bundles/cmr_fundus/predictions/predictions.csv"

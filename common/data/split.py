@@ -107,7 +107,9 @@ def select_split(
     fraction: float = 1.0,
     split_key: str | None = None,
 ) -> list[dict]:
-    """Records of one split of a datalist (records carry a ``"case"`` key).
+    """Records of one split of a datalist (records carry a ``"case"`` key, the patient).
+
+    Several records of one case (e.g. both eyes of a patient) always go to the same split.
 
     With ``split_key``, a data set's own test split is kept: records whose ``split_key`` value is ``"test"`` form
     the test set, and the other records are split into train and validation (``val_fraction`` of them;
@@ -133,8 +135,9 @@ def select_split(
     if split_name == "all":
         return list(datalist)
     fixed_test = {r["case"] for r in datalist if split_key and str(r.get(split_key, "")).strip().lower() == "test"}
+    unique = list(dict.fromkeys(str(r["case"]) for r in datalist))
     if fixed_test:
-        rest = [r["case"] for r in datalist if r["case"] not in fixed_test]
+        rest = [c for c in unique if c not in fixed_test]
         if split_name == "test":
             cases = sorted(fixed_test)
         elif not rest:
@@ -142,8 +145,8 @@ def select_split(
         else:
             cases = split_cases(rest, val_fraction, 0.0, seed)[split_name]
     else:
-        cases = split_cases([r["case"] for r in datalist], val_fraction, test_fraction, seed)[split_name]
+        cases = split_cases(unique, val_fraction, test_fraction, seed)[split_name]
     if split_name == "train" and fraction < 1.0:
         cases = subsample_cases(cases, fraction, seed)
     keep = set(cases)
-    return [r for r in datalist if r["case"] in keep]
+    return [r for r in datalist if str(r["case"]) in keep]

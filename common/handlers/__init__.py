@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver
+from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap

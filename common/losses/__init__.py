@@ -1,7 +1,8 @@
-"""Per-task losses and the multi-task loss that handles missing labels."""
+"""Per-task losses, the multi-task loss that handles missing labels, and masked per-factor losses."""
 
 from __future__ import annotations
 
 from .class_balance import binary_pos_weight
+from .factors import MaskedFactorLoss
 from .multitask import MultiTaskLoss, valid_sample_mask
 from .reconstruction import MaskedMSELoss

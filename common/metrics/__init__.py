@@ -6,5 +6,6 @@ from .bootstrap import case_bootstrap_ci
 from .classification import BinaryTaskMetrics, balanced_accuracy, roc_auc
 from .counts import SampleCounts
 from .cup_disc import VCDRMetrics, fit_vcdr_logistic, vertical_cdr
+from .factors import FactorMetrics, mae, rmse
 from .reconstruction import MaskedMSE
 from .segmentation import SegmentationTaskMetrics

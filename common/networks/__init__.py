@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .multitask import MultiTaskNet
+from .sepl import SEPL_ARCHITECTURES, FactorHead, GatedFactorHead, PriorExpert, SePLNet
 from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout

@@ -1,0 +1,129 @@
+"""Ignite metric of every factor of a risk-factor table, in original units, skipping missing values per factor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.metrics.metric import reinit__is_reduced
+from monai.utils import CommonKeys as Keys
+
+from ..data.factors import FactorTable
+from .bootstrap import case_bootstrap_ci
+from .classification import balanced_accuracy, roc_auc
+from .output_dict import OutputDictMetric
+
+__all__ = ["FactorMetrics", "mae", "rmse"]
+
+
+def mae(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean absolute error (nan without samples)."""
+    return float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(y_true)))) if len(y_true) else float("nan")
+
+
+def rmse(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """Root mean squared error (nan without samples)."""
+    return float(np.sqrt(np.mean((np.asarray(y_pred) - np.asarray(y_true)) ** 2))) if len(y_true) else float("nan")
+
+
+class FactorMetrics(OutputDictMetric):
+    """Per-factor metrics of a network returning ``{factor: (B, 1)}``, with patient-level bootstrap 95% CIs.
+
+    Regression factors (predictions in original units): ``<factor>_mae``, ``<factor>_rmse`` and the CI of the
+    MAE. Binary factors (logits): ``<factor>_auc`` of the **probabilities** (never of thresholded
+    predictions) with ``_ci_low``/``_ci_high``, ``<factor>_accuracy`` and ``<factor>_balanced_accuracy`` at
+    ``threshold``. Every factor also gets ``<factor>_n`` (images with a known value). Missing values (NaN in the
+    targets) are skipped per factor. Also ``n_images``, ``n_patients`` and ``score``: the mean over factors of
+    the AUC (binary) and ``1 - MAE / scale`` (regression), higher is better, for model selection.
+
+    Args:
+        factors: the factor table.
+        target_key: key of the ``(B, n_factors)`` values in the targets dict.
+        case_key: key of patient ids in the targets dict (bootstrap and ``n_patients`` unit).
+        prefix: prefix of every returned key (e.g. ``"val_"``).
+        threshold: probability threshold of the accuracies.
+        n_bootstrap: bootstrap resamples (0: no CI).
+        seed: bootstrap seed.
+    """
+
+    def __init__(
+        self,
+        factors: FactorTable | Iterable[Mapping[str, Any]],
+        target_key: str = "factors",
+        case_key: str = "case",
+        prefix: str = "",
+        threshold: float = 0.5,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}.")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        self.table = FactorTable(factors)
+        self.target_key, self.case_key, self.prefix = target_key, case_key, prefix
+        self.threshold, self.n_bootstrap, self.seed = threshold, n_bootstrap, seed
+        super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._preds: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+        self._cases: list[str] = []
+
+    @reinit__is_reduced
+    def update(self, output: dict[str, Any]) -> None:
+        preds, labels = output[Keys.PRED], output[Keys.LABEL]
+        values = torch.as_tensor(labels[self.target_key]).detach().float().cpu()
+        if values.ndim != 2 or values.shape[1] != len(self.table):
+            raise ValueError(
+                f"targets '{self.target_key}' must be (batch, {len(self.table)}), got {tuple(values.shape)}."
+            )
+        cols = []
+        for f in self.table:
+            p = preds[f.name].detach().float().reshape(-1).cpu()
+            cols.append(torch.sigmoid(p) if f.is_binary else p)
+        self._preds.append(torch.stack(cols, 1).numpy())
+        self._targets.append(values.numpy())
+        cases = labels.get(self.case_key)
+        if cases is None:
+            cases = [f"s{len(self._cases) + i}" for i in range(values.shape[0])]
+        self._cases.extend(str(c) for c in cases)
+
+    def compute(self) -> dict[str, float]:
+        k = len(self.table)
+        preds = np.concatenate(self._preds) if self._preds else np.zeros((0, k))
+        targets = np.concatenate(self._targets) if self._targets else np.zeros((0, k))
+        cases = np.asarray(self._cases)
+        p = self.prefix
+        out: dict[str, float] = {f"{p}n_images": int(len(targets)), f"{p}n_patients": int(len(set(self._cases)))}
+        scores = []
+        for j, f in enumerate(self.table):
+            known = np.isfinite(targets[:, j])
+            y, yhat, ids = targets[known, j], preds[known, j], cases[known]
+            out[f"{p}{f.name}_n"] = int(known.sum())
+            if f.is_binary:
+                auc = roc_auc(yhat, y)
+                out[f"{p}{f.name}_auc"] = auc
+                out[f"{p}{f.name}_accuracy"] = (
+                    float(np.mean((yhat >= self.threshold) == (y > 0.5))) if len(y) else float("nan")
+                )
+                out[f"{p}{f.name}_balanced_accuracy"] = balanced_accuracy(yhat >= self.threshold, y > 0.5)
+                metric, key, score = roc_auc, "auc", auc
+            else:
+                err = mae(yhat, y)
+                out[f"{p}{f.name}_mae"], out[f"{p}{f.name}_rmse"] = err, rmse(yhat, y)
+                metric, key, score = mae, "mae", 1.0 - err / f.scale
+            if self.n_bootstrap:
+                if len(y) and (not f.is_binary or len(np.unique(y)) > 1):
+                    low, high = case_bootstrap_ci(metric, yhat, y, ids, self.n_bootstrap, seed=self.seed)
+                else:
+                    low, high = float("nan"), float("nan")
+                out[f"{p}{f.name}_{key}_ci_low"], out[f"{p}{f.name}_{key}_ci_high"] = low, high
+            if np.isfinite(score):
+                scores.append(score)
+        out[f"{p}score"] = float(np.mean(scores)) if scores else 0.0
+        return out
