@@ -69,6 +69,8 @@ class DiscCropInferer(Inferer):
             whose mean (standardised, over channels) is not at least this much above the image mean counts as no
             disc found (a blank or uniform image has contrast 0).
         fill: logit given to pixels outside the crop.
+        flip_tta: also run the crop model on the horizontally flipped crop and average the logits (test-time
+            augmentation; doubles the stage-2 cost).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class DiscCropInferer(Inferer):
         max_disc_area: float = 0.25,
         min_disc_contrast: float = 0.25,
         fill: float = -20.0,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("locator_size", locator_size), ("crop_size", crop_size)):
@@ -100,6 +103,7 @@ class DiscCropInferer(Inferer):
             raise ValueError(f"max_disc_area must be in (0, 1], got {max_disc_area}.")
         self.default_disc_fraction, self.max_disc_area, self.fill = float(default_disc_fraction), max_disc_area, fill
         self.min_disc_contrast = float(min_disc_contrast)
+        self.flip_tta = str(flip_tta).strip().lower() not in ("false", "0", "no")
 
     @torch.no_grad()
     def locate(self, image: torch.Tensor) -> tuple[tuple[float, float, float], bool]:
@@ -139,6 +143,12 @@ class DiscCropInferer(Inferer):
             crop = standardize_channels(crop_square(inputs[i : i + 1], box, self.crop_size))
             out = network(crop, *args, **kwargs)
             seg_crop, cls = out[self.seg_task], out[self.cls_task]
+            if self.flip_tta:
+                flipped = network(torch.flip(crop, dims=(-1,)), *args, **kwargs)
+                if seg_crop.numel():
+                    seg_crop = (seg_crop + torch.flip(flipped[self.seg_task], dims=(-1,))) / 2
+                if cls.numel():
+                    cls = (cls + flipped[self.cls_task]) / 2
             if seg_crop.numel():
                 seg = paste_crop(seg_crop, box, h, w, fill=self.fill)
                 disc = _largest_component((seg[0, 0] > 0).cpu().numpy())
