@@ -38,7 +38,7 @@ python -m monai.bundle run --config_file "$F/train.json" --dataset_dir "$FDATA" 
 python -m monai.bundle run --config_file "$F/evaluate.json" --dataset_dir "$FDATA" --eval_split test
 python -m monai.bundle run --config_file "$F/inference.json" --dataset_dir "$FDATA"
 echo
-echo "checkpoints:  bundles/fundus_glaucoma/models/locator.pt, model.pt, vcdr_logistic.json"
+echo "checkpoints:  bundles/fundus_glaucoma/models/locator.pt, model.pt, glaucoma_score.json"
 echo "metrics:      bundles/fundus_glaucoma/eval/metrics.json"
 cat bundles/fundus_glaucoma/eval/metrics.json; echo
 echo "predictions:  bundles/fundus_glaucoma/predictions/<image>/<image>_{disc,cup,overlay}.png and predictions.csv"

@@ -226,7 +226,8 @@ def test_disc_crop_inferer_flags_images_without_a_disc():
     )
     assert out["disc_found"].tolist() == [0.0, 0.0]
     # a locator that "finds" a disc on a uniform image: implausible (no brighter structure), flagged too
-    out = DiscCropInferer(_BlobLocator(64), locator_size=64, crop_size=32)(torch.full((1, 3, 100, 100), 0.3), _CropNet())
+    uniform = torch.full((1, 3, 100, 100), 0.3)
+    out = DiscCropInferer(_BlobLocator(64), locator_size=64, crop_size=32)(uniform, _CropNet())
     assert out["disc_found"].tolist() == [0.0]
     assert torch.equal(out["glaucoma_fused"], out["glaucoma"])  # no vCDR model: the head's score
 
@@ -243,3 +244,16 @@ def test_build_trainer_picks_cooperative_by_argument():
     with pytest.raises(ValueError, match="encoder"):  # a CooperativeTrainer checks its network
         build_trainer({"rho": 0.05, "perturb": "features"}, **kw)
     assert issubclass(CooperativeTrainer, MultiTaskTrainer)
+
+
+def test_disc_crop_inferer_fuses_only_the_trained_sources():
+    image = torch.rand(1, 3, 128, 192) * 0.5
+    image[..., 40:56, 120:144] += 0.5
+    args = dict(locator_size=64, crop_size=32, vcdr_logistic=(10.0, -5.0))
+    net = _CropNet()
+    seg_only = DiscCropInferer(_BlobLocator(64), sources=("vcdr",), **args)(image, net)
+    assert torch.equal(seg_only["glaucoma_fused"], seg_only["glaucoma_vcdr"])
+    cls_only = DiscCropInferer(_BlobLocator(64), sources=("head",), **args)(image, net)
+    assert torch.equal(cls_only["glaucoma_fused"], cls_only["glaucoma"])
+    with pytest.raises(ValueError, match="sources must name"):
+        DiscCropInferer(_BlobLocator(64), sources=("cdr",))

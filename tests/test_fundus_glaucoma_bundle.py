@@ -73,11 +73,12 @@ def trained(tmp_path_factory, data_dir) -> Path:
 @pytest.mark.slow
 def test_train_saves_locator_model_and_vcdr_model(trained, data_dir):
     models = trained / "models"
-    for name in ("locator.pt", "model.pt", "vcdr_logistic.json", "resume_checkpoint_epoch=2.pt",
+    for name in ("locator.pt", "model.pt", "glaucoma_score.json", "resume_checkpoint_epoch=2.pt",
                  "locator_resume_checkpoint_epoch=2.pt"):
         assert (models / name).is_file(), name
-    vcdr = json.loads((models / "vcdr_logistic.json").read_text())
-    assert vcdr["slope"] > 0  # larger cups, more glaucoma (synthetic data are built so)
+    score = json.loads((models / "glaucoma_score.json").read_text())
+    assert score["vcdr_logistic"][0] > 0  # larger cups, more glaucoma (synthetic data are built so)
+    assert score["sources"] == ["head", "vcdr"] and score["strategy"] == "mtl"
     state = torch.load(models / "locator.pt", weights_only=True)  # the locator's weights alone (one-item save_dict)
     assert any(k.startswith("conv_0.") for k in state) and not any(k.startswith("encoder.") for k in state)
 
@@ -142,6 +143,9 @@ def test_strategies(strategy, active, trainer, data_dir, tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file()
     signature = json.loads((tmp_path / "models" / "resume_signature.json").read_text())
     assert signature["strategy"] == strategy
+    # the fused glaucoma score of a single-task model uses only what it was trained for
+    sources = json.loads((tmp_path / "models" / "glaucoma_score.json").read_text())["sources"]
+    assert sources == {"stl_seg": ["vcdr"], "stl_cls": ["head"], "cool": ["head", "vcdr"]}[strategy]
     assert (signature["cooperative"] is not None) == (strategy == "cool")
 
 

@@ -69,6 +69,8 @@ class DiscCropInferer(Inferer):
             whose mean (standardised, over channels) is not at least this much above the image mean counts as no
             disc found (a blank or uniform image has contrast 0).
         fill: logit given to pixels outside the crop.
+        sources: the glaucoma estimates the trained model has: ``"head"`` and/or ``"vcdr"`` (a single-task model
+            trained one task only: its other output is untrained and left out of the fused score).
         flip_tta: also run the crop model on the horizontally flipped crop and average the logits (test-time
             augmentation; doubles the stage-2 cost).
     """
@@ -86,6 +88,7 @@ class DiscCropInferer(Inferer):
         max_disc_area: float = 0.25,
         min_disc_contrast: float = 0.25,
         fill: float = -20.0,
+        sources: Sequence[str] = ("head", "vcdr"),
         flip_tta: bool = False,
     ) -> None:
         super().__init__()
@@ -103,6 +106,9 @@ class DiscCropInferer(Inferer):
             raise ValueError(f"max_disc_area must be in (0, 1], got {max_disc_area}.")
         self.default_disc_fraction, self.max_disc_area, self.fill = float(default_disc_fraction), max_disc_area, fill
         self.min_disc_contrast = float(min_disc_contrast)
+        if not sources or any(src not in ("head", "vcdr") for src in sources):
+            raise ValueError(f"sources must name 'head' and/or 'vcdr', got {sources}.")
+        self.sources = tuple(sources)
         self.flip_tta = str(flip_tta).strip().lower() not in ("false", "0", "no")
 
     @torch.no_grad()
@@ -165,18 +171,18 @@ class DiscCropInferer(Inferer):
             boxes.append(box)
         head = torch.cat(logits).float()
         vcdr = torch.tensor(vcdrs, dtype=torch.float32, device=inputs.device)
-        has_head, has_vcdr = bool(torch.isfinite(head).any()), self.vcdr_logistic is not None and bool(
-            torch.isfinite(vcdr).any()
-        )
-        if has_vcdr:  # an image whose disc was not segmented has no vCDR: its vCDR score falls back to the head's
+        head_ok = bool(torch.isfinite(head).any())
+        vcdr_ok = self.vcdr_logistic is not None and bool(torch.isfinite(vcdr).any())
+        use_head, use_vcdr = "head" in self.sources and head_ok, "vcdr" in self.sources and vcdr_ok
+        if vcdr_ok:  # an image whose disc was not segmented has no vCDR: its vCDR score falls back to the head's
             vcdr_logit = self._vcdr_logit(vcdr)[:, None]
-            vcdr_logit = torch.where(torch.isfinite(vcdr_logit), vcdr_logit, head if has_head else 0.0 * head)
+            vcdr_logit = torch.where(torch.isfinite(vcdr_logit), vcdr_logit, head if use_head else 0.0 * head)
         else:
             vcdr_logit = head
-        if has_head and has_vcdr:
+        if use_head and use_vcdr:
             fused = _logit((torch.sigmoid(head) + torch.sigmoid(vcdr_logit)) / 2)
         else:
-            fused = head if has_head else vcdr_logit
+            fused = head if use_head or not use_vcdr else vcdr_logit
         return {
             self.seg_task: torch.cat(segs),
             self.cls_task: head,
