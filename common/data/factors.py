@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DatasetError, case_error
+from .fundus import FUNDUS_IMAGE_SUFFIXES
 
 __all__ = [
     "FACTOR_KINDS",
@@ -49,7 +50,8 @@ logger = logging.getLogger(__name__)
 FACTOR_KINDS = ("binary", "regression")
 FACTOR_STAGES = ("prior", "complex")
 FACTOR_LOSSES = {"binary": ("bce",), "regression": ("l1", "mse", "huber")}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: Suffixes read as fundus photographs (the same list as the fundus datalists).
+IMAGE_EXTENSIONS = FUNDUS_IMAGE_SUFFIXES
 _MISSING_TEXT = {"", "na", "n/a", "nan", "none", "null", "missing", "-"}
 _DEFAULT_BINARY_VALUES = {"0": 0, "1": 1, "false": 0, "true": 1, "no": 0, "yes": 1}
 
