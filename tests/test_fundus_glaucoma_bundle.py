@@ -135,8 +135,12 @@ def test_strategies(strategy, active, trainer, data_dir, tmp_path):
         BUNDLE,
         "train.json",
         {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "locator_epochs": 1, "epochs": 1,
-         "val_interval": 1, "strategy": strategy, **SMALL},
+         "val_interval": 1, "strategy": strategy, "task_affinity_interval": 1, **SMALL},
     )
+    affinity = tmp_path / "logs" / "task_affinity.json"
+    assert affinity.is_file() == (strategy == "cool")  # measured for two-task training only
+    if strategy == "cool":
+        assert json.loads(affinity.read_text())["tasks"] == ["seg", "glaucoma"]
     log = _log(proc)
     assert f"epoch 1: training tasks {active}" in log
     assert f"engine.{trainer} - INFO - Epoch[1] Complete" in log

@@ -7,5 +7,6 @@ from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
+from .task_affinity import TaskAffinity
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
 from .volume_predictions import SegClassPredictionWriter
