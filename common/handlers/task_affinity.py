@@ -97,7 +97,7 @@ class TaskAffinity:
                     g = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
                     grads[t] = [torch.zeros_like(p) if gi is None else gi.detach() for p, gi in zip(params, g)]
             base = {t: float(losses[t].detach()) for t in names}
-            flat = {t: torch.cat([g.reshape(-1) for g in grads[t]]).float() for t in names}
+            flat = {t: torch.cat([g.reshape(-1) for g in grads[t]]).double() for t in names}
             lr = self.lookahead_lr or float(engine.optimizer.param_groups[0]["lr"])
             idx = self._index(names)
             saved = [p.detach().clone() for p in params]
@@ -112,7 +112,7 @@ class TaskAffinity:
                         if tj in look and base[tj] > 0:
                             self._sums["affinity"][a, b] += 1.0 - float(look[tj]) / base[tj]
                             denom = flat[ti].norm() * flat[tj].norm()
-                            cos = float(flat[ti] @ flat[tj] / denom) if denom > 0 else 0.0
+                            cos = max(-1.0, min(1.0, float(flat[ti] @ flat[tj] / denom))) if denom > 0 else 0.0
                             self._sums["gradient_cosine"][a, b] += cos
                             self._counts[a, b] += 1
             self._last_lr = lr
