@@ -31,7 +31,8 @@ class TaskAffinity:
 
     Running means over the run are logged every epoch (rank 0) and written to ``save_dir/filename`` as
     ``{"tasks", "affinity", "gradient_cosine", "measurements", "lookahead_lr"}`` (matrices indexed
-    ``[i][j]``, nan where a pair was never measured), after every epoch and at the end.
+    ``[i][j]``, nan where a pair was never measured; ``lookahead_lr`` the mean step size used: with a decaying
+    schedule late measurements take smaller steps and show smaller affinities), after every epoch and at the end.
 
     Args:
         interval: measure every ``interval`` iterations (each measurement costs one forward/backward per task and
@@ -54,7 +55,7 @@ class TaskAffinity:
         self.tasks: list[str] = []
         self._sums: dict[str, np.ndarray] = {}
         self._counts = np.zeros((0, 0))
-        self._last_lr = float("nan")
+        self._lr_sum, self._lr_n = 0.0, 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.measure)
@@ -115,7 +116,7 @@ class TaskAffinity:
                             cos = max(-1.0, min(1.0, float(flat[ti] @ flat[tj] / denom))) if denom > 0 else 0.0
                             self._sums["gradient_cosine"][a, b] += cos
                             self._counts[a, b] += 1
-            self._last_lr = lr
+            self._lr_sum, self._lr_n = self._lr_sum + lr, self._lr_n + 1
         finally:
             core.train(was_training)
 
@@ -130,7 +131,7 @@ class TaskAffinity:
             "affinity": as_list(mean.get("affinity", np.zeros((0, 0)))),
             "gradient_cosine": as_list(mean.get("gradient_cosine", np.zeros((0, 0)))),
             "measurements": int(self._counts.max()) if self._counts.size else 0,
-            "lookahead_lr": self._last_lr,
+            "lookahead_lr": self._lr_sum / self._lr_n if self._lr_n else float("nan"),
         }
 
     def _report(self, engine: Engine) -> None:
