@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -15,6 +14,8 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 from PIL import Image
 from scipy import ndimage
+
+from .prediction_table import write_prediction_csv
 
 __all__ = ["FundusPredictionWriter", "draw_contours"]
 
@@ -126,10 +127,5 @@ class FundusPredictionWriter:
             self.rows.append(row)
 
     def _write_csv(self, engine: Engine) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, "predictions.csv")
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["case"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_prediction_csv(self.output_dir, self.rows)
         logger.info(f"{len(self.rows)} image prediction(s) written to {self.output_dir}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from monai.transforms import Invertd
 from monai.utils import CommonKeys as Keys
 
 from ..transforms.seg_regions import regions_to_label_map
+from .prediction_table import write_prediction_csv
 
 __all__ = ["SegClassPredictionWriter"]
 
@@ -112,10 +112,5 @@ class SegClassPredictionWriter:
             self.rows.append(row)
 
     def _write_csv(self, engine: Engine) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, "predictions.csv")
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["case"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_prediction_csv(self.output_dir, self.rows)
         logger.info(f"{len(self.rows)} case prediction(s) written to {self.output_dir}")
