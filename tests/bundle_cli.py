@@ -41,3 +41,20 @@ def run_bundle(
     if check and proc.returncode != 0:
         raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def check_workflow_properties(bundle: str, dataset_dir: str | Path) -> None:
+    """Every required MONAI bundle property of train.json and inference.json is present (model-zoo's check)."""
+    from monai.bundle import ConfigWorkflow
+
+    cfg_dir = bundle_configs(bundle)
+    for cfg, kind in (("train.json", "train"), ("inference.json", "infer")):
+        wf = ConfigWorkflow(
+            config_file=str(cfg_dir / cfg),
+            meta_file=str(cfg_dir / "metadata.json"),
+            workflow_type=kind,
+            logging_file=str(cfg_dir / "logging.conf"),
+            dataset_dir=str(dataset_dir),
+        )
+        wf.initialize()
+        assert not wf.check_properties(), f"{cfg}: missing properties {wf.check_properties()}"

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from common.data import generate_brats_like
-from tests.bundle_cli import REPO, bundle_configs, run_bundle
+from tests.bundle_cli import REPO, bundle_configs, check_workflow_properties, run_bundle
 
 BUNDLE = "glioma_seg_idh"
 CFG = bundle_configs(BUNDLE)
@@ -273,18 +273,7 @@ def test_bad_input_gives_one_clear_error(damage, data_dir, tmp_path):
 
 
 def test_workflow_properties_complete(data_dir):
-    from monai.bundle import ConfigWorkflow
-
-    for cfg, kind in (("train.json", "train"), ("inference.json", "infer")):
-        wf = ConfigWorkflow(
-            config_file=str(CFG / cfg),
-            meta_file=str(CFG / "metadata.json"),
-            workflow_type=kind,
-            logging_file=str(CFG / "logging.conf"),
-            dataset_dir=str(data_dir),
-        )
-        wf.initialize()
-        assert not wf.check_properties(), f"{cfg}: missing properties {wf.check_properties()}"
+    check_workflow_properties(BUNDLE, data_dir)
 
 
 def test_metadata_valid_and_describes_every_output():
