@@ -2,6 +2,7 @@
 # Installs the project into ./.venv (created if absent): torch first (pinned CPU wheel), then everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install_system.sh
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
