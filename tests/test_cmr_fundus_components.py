@@ -344,3 +344,22 @@ def test_metrics_in_original_units_and_auc_on_probabilities():
     assert math.isnan(out["val_sex_auc"])  # one class only
     expected_score = np.mean([1 - out["val_age_mae"] / 10, out["val_diabetes_auc"]])
     assert out["val_score"] == pytest.approx(expected_score)
+
+
+def test_factor_table_subset_for_single_task_baselines():
+    table = FactorTable(
+        [
+            {"name": "age", "kind": "regression", "loss": "l1", "center": 57, "scale": 12, "stage": "prior"},
+            {"name": "sex", "kind": "binary", "loss": "bce", "stage": "prior", "column": "gender"},
+            {"name": "sbp", "kind": "regression", "loss": "l1", "center": 120, "scale": 20, "stage": "complex"},
+        ]
+    )
+    assert table.subset(None) is table
+    one = table.subset(["sex"])
+    assert one.names == ["sex"] and one["sex"].column == "gender"
+    assert table.subset("sbp").names == ["sbp"]
+    assert table.columns_outside(one) == ["age", "sbp"]
+    with pytest.raises(ValueError, match="factor_subset"):
+        table.subset(["bmi"])
+    with pytest.raises(ValueError, match="factor_subset"):
+        table.subset([])

@@ -199,6 +199,28 @@ class FactorTable(Sequence):
     def index(self, name: str) -> int:  # type: ignore[override]
         return self.names.index(name)
 
+    def subset(self, names: Sequence[str] | None) -> FactorTable:
+        """The table restricted to ``names`` (in the table's order), e.g. one factor for a single-task baseline;
+        ``None`` returns the table itself.
+
+        Raises:
+            ValueError: ``names`` is empty or names a factor that is not in the table.
+        """
+        if names is None:
+            return self
+        if isinstance(names, str):
+            names = [names]
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise ValueError(f"factor_subset must name factors among {self.names}, got {list(names)}.")
+        return FactorTable([f for f in self.factors if f.name in names])
+
+    def columns_outside(self, other: FactorTable) -> list[str]:
+        """Data columns of this table's factors that ``other`` (a subset) does not use: the columns to ignore when
+        a subset reads data laid out for the whole table."""
+        kept = set(other.names)
+        return [f.column for f in self.factors if f.name not in kept]
+
     def to_dicts(self) -> list[dict[str, Any]]:
         """The table as JSON-serialisable dicts (e.g. for a run signature)."""
         out = []
