@@ -61,7 +61,7 @@ CMR_FACTORS = ("age", "sex", "diabetes", "hypertension")
 SPECS: dict[str, BundleSpec] = {
     "brats_mtl": BundleSpec(
         name="brats_mtl",
-        data="brats2015",
+        data="lgg",
         mtl="mtl",
         strategies={"mtl": {"strategy": "mtl"}, "stl": {"strategy": "stl"}},
         # masked image modelling is an auxiliary task with no clinical single-task model of its own
