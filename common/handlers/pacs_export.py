@@ -94,4 +94,4 @@ class PacsExportHandler:
         if report.ok:
             logger.info(msg)
         else:
-            logger.warning(msg + " (retry: python -m common.pacs flush --outbox %s)", outbox.root)
+            logger.warning(f"{msg} (retry: python -m common.pacs flush --outbox {outbox.root})")

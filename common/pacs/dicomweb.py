@@ -29,12 +29,16 @@ class StoreOutcome:
 
 
 def dicomweb_client(dest: Destination, credentials: Credentials | None) -> DICOMwebClient:
-    """A DICOMweb client on a ``requests`` session carrying basic auth (never in the URL)."""
+    """A DICOMweb client on a ``requests`` session carrying basic auth (never in the URL), without retries."""
     dest.check_protocol("stow")
     session = requests.Session()
     if credentials is not None:
         session.auth = (credentials.username, credentials.password)
-    return DICOMwebClient(url=dest.dicomweb_url, session=session, timeout=dest.timeout)
+    client = DICOMwebClient(url=dest.dicomweb_url, session=session, timeout=dest.timeout)
+    # no hidden retries (by default 5, with waits up to 16 s, also after a connection error): the outbox retries,
+    # with its own backoff and a record of what the PACS confirmed
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def _http_error(dest: Destination, action: str, e: requests.RequestException) -> PacsError:

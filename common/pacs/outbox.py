@@ -123,6 +123,8 @@ class Outbox:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        if not os.path.isdir(self.root):
+            os.makedirs(self.root, mode=0o700)  # the queued results hold patient data: private to this user
         for sub in ("pending", "sent", "tmp"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
