@@ -18,11 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 class StoreOutcome:
-    """What a PACS confirmed: ``confirmed`` SOP Instance UIDs, and ``failed`` ones with the PACS's reason."""
+    """What a PACS confirmed: ``confirmed`` SOP Instance UIDs, ``failed`` ones with the reason, and which of the
+    failed ones are ``ambiguous`` (sent, but no answer: the PACS may hold them)."""
 
-    def __init__(self, confirmed: Sequence[str] = (), failed: dict[str, str] | None = None):
+    def __init__(self, confirmed: Sequence[str] = (), failed: dict[str, str] | None = None,
+                 ambiguous: Sequence[str] = ()):
         self.confirmed = list(confirmed)
         self.failed = dict(failed or {})
+        self.ambiguous = set(ambiguous)
 
     def __repr__(self) -> str:
         return f"StoreOutcome(confirmed={len(self.confirmed)}, failed={len(self.failed)})"

@@ -62,7 +62,7 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
             raise PacsError(f"{where}: association rejected (check the called AE title '{dest.ae_title}' and that "
                             f"the PACS accepts calling AE title '{dest.calling_ae_title}')")
         raise PacsError(f"{where}: unreachable (no association: connection refused, timed out or aborted)")
-    confirmed, failed = [], {}
+    confirmed, failed, ambiguous = [], {}, []
     try:
         for ds in datasets:
             uid = str(ds.SOPInstanceUID)
@@ -77,6 +77,7 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
             code = getattr(status, "Status", None)
             if code is None:
                 failed[uid] = "no C-STORE response (timeout or aborted association)"
+                ambiguous.append(uid)
             elif code_to_category(code) in ("Success", "Warning"):
                 confirmed.append(uid)
             else:
@@ -86,4 +87,4 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
             assoc.release()
     if failed and not confirmed and all(r.startswith(("no C-STORE", "association lost")) for r in failed.values()):
         raise PacsError(f"{where}: connection lost during C-STORE", ambiguous=True)
-    return StoreOutcome(confirmed, failed)
+    return StoreOutcome(confirmed, failed, ambiguous)

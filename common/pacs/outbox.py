@@ -279,8 +279,9 @@ class Outbox:
                 missing = [u for u in todo if not state["instances"][u]["confirmed"]]
                 if missing:
                     reasons = "; ".join(f"{u}: {outcome.failed.get(u, 'not confirmed by the PACS')}" for u in missing)
+                    unsure = any(u not in outcome.failed or u in outcome.ambiguous for u in missing)
                     raise PacsError(f"{dest.describe(protocol)}: {len(missing)} of {len(todo)} instance(s) not "
-                                    f"stored ({reasons})", ambiguous=any(u not in outcome.failed for u in missing))
+                                    f"stored ({reasons})", ambiguous=unsure)
         except (PacsError, CredentialsError, DestinationError, OSError) as e:
             ambiguous = bool(getattr(e, "ambiguous", False))
             state["attempts"] += 1
