@@ -250,6 +250,26 @@ def test_ambiguous_timeout_checked_by_qido(pacs, tmp_path):
         assert set(outbox.send_counts().values()) == {2}
 
 
+def test_partial_cstore_failure_resends_only_unconfirmed(pacs, tmp_path):
+    """One instance of an unknown SOP class (Orthanc rejects its presentation context), one good CT: the CT is
+    confirmed once and never resent; only the rejected one is tried again."""
+    case = make_case(tmp_path / "e")
+    odd_path = next(p for p in case.values() if p.endswith("MR_small.dcm"))
+    odd = pydicom.dcmread(odd_path)
+    odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.8.498.1.999"
+    odd.save_as(odd_path)
+    dest = Destination.from_dict(pacs.destination(protocol="cstore"))
+    outbox = Outbox(str(tmp_path / "outbox"), dest=dest, backoff_base=0, backoff_cap=0)
+    item = outbox.enqueue(case.values(), label="e")
+    with pacs.inside():
+        r1, r2 = outbox.flush(), outbox.flush()
+    assert "1 of 2 instance(s) not stored" in r1.failed[item] and "No presentation context" in r1.failed[item]
+    assert "accepts none of the SOP classes" in r2.failed[item] and "1.2.826.0.1.3680043.8.498.1.999" in r2.failed[item]
+    ct_uid = next(u for u, p in case.items() if p.endswith("CT_small.dcm"))
+    assert outbox.send_counts() == {ct_uid: 1, odd.SOPInstanceUID: 2}
+    assert stored_in_study(pacs, study_of(case.values())) == [ct_uid]
+
+
 def test_held_after_max_attempts(pacs, tmp_path):
     dest = Destination.from_dict(pacs.destination(protocol="cstore", port=pacs.dicom_port + 1, timeout=2))
     outbox = Outbox(str(tmp_path / "outbox"), dest=dest, backoff_base=0, backoff_cap=0, max_attempts=2)

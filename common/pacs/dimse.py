@@ -61,6 +61,9 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
         if assoc.is_rejected:
             raise PacsError(f"{where}: association rejected (check the called AE title '{dest.ae_title}' and that "
                             f"the PACS accepts calling AE title '{dest.calling_ae_title}')")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            classes = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts})
+            raise PacsError(f"{where}: the PACS accepts none of the SOP classes/transfer syntaxes proposed ({classes})")
         raise PacsError(f"{where}: unreachable (no association: connection refused, timed out or aborted)")
     confirmed, failed, ambiguous = [], {}, []
     try:
