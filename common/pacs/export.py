@@ -106,3 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return _report(outbox, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
