@@ -1,0 +1,93 @@
+"""DIMSE transport: C-STORE with pynetdicom, presentation contexts taken from the files themselves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.status import code_to_category
+
+from .destination import Destination, PacsError
+from .dicomweb import StoreOutcome
+
+__all__ = ["presentation_contexts", "cstore_instances"]
+
+logger = logging.getLogger(__name__)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def presentation_contexts(datasets: Sequence[pydicom.Dataset]) -> dict[str, list[str]]:
+    """SOP Class UID -> transfer syntaxes to propose: each file's own, plus both little-endian ones when uncompressed.
+
+    Raises:
+        ValueError: a dataset without SOPClassUID or file meta transfer syntax, or more than 128 SOP classes.
+    """
+    contexts: dict[str, list[str]] = {}
+    for ds in datasets:
+        sop_class = getattr(ds, "SOPClassUID", None)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if sop_class is None or ts is None:
+            raise ValueError(f"datasets: {getattr(ds, 'filename', '<dataset>')} has no SOPClassUID or transfer syntax")
+        syntaxes = contexts.setdefault(str(sop_class), [])
+        for uid in [str(ts), *(_UNCOMPRESSED if ts in _UNCOMPRESSED else ())]:
+            if uid not in syntaxes:
+                syntaxes.append(uid)
+    if len(contexts) > 128:
+        raise ValueError(f"datasets: {len(contexts)} SOP classes exceed the 128 presentation contexts of one "
+                         "association")
+    return contexts
+
+
+def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> StoreOutcome:
+    """Send ``datasets`` by C-STORE over one association; confirmed = status Success or Warning (stored).
+
+    Raises:
+        PacsError: association rejected/aborted or PACS unreachable (nothing confirmed).
+    """
+    dest.check_protocol("cstore")
+    if not datasets:
+        return StoreOutcome()
+    where = dest.describe("cstore")
+    ae = AE(ae_title=dest.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout
+    ae.connection_timeout = dest.timeout
+    for sop_class, syntaxes in presentation_contexts(datasets).items():
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate(dest.host, int(dest.port), ae_title=dest.ae_title)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise PacsError(f"{where}: association rejected (check the called AE title '{dest.ae_title}' and that "
+                            f"the PACS accepts calling AE title '{dest.calling_ae_title}')")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            classes = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts})
+            raise PacsError(f"{where}: the PACS accepts none of the SOP classes/transfer syntaxes proposed ({classes})")
+        raise PacsError(f"{where}: unreachable (no association: connection refused, timed out or aborted)")
+    confirmed, failed, ambiguous = [], {}, []
+    try:
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            if not assoc.is_established:
+                failed[uid] = "association lost before sending"
+                continue
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as e:  # e.g. no accepted context for this SOP class/transfer syntax
+                failed[uid] = str(e)
+                continue
+            code = getattr(status, "Status", None)
+            if code is None:
+                failed[uid] = "no C-STORE response (timeout or aborted association)"
+                ambiguous.append(uid)
+            elif code_to_category(code) in ("Success", "Warning"):
+                confirmed.append(uid)
+            else:
+                failed[uid] = f"C-STORE status 0x{code:04X}"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if failed and not confirmed and all(r.startswith(("no C-STORE", "association lost")) for r in failed.values()):
+        raise PacsError(f"{where}: connection lost during C-STORE", ambiguous=True)
+    return StoreOutcome(confirmed, failed, ambiguous)
