@@ -131,8 +131,12 @@ MEASUREMENT_CODES: dict[str, MeasurementCode] = {
     "age": MeasurementCode(_ln("30525-0", "Age"), _ucum("a", "year")),
     "height": MeasurementCode(_ln("8302-2", "Body height"), _ucum("cm", "centimeter")),
     "weight": MeasurementCode(_ln("29463-7", "Body weight"), _ucum("kg", "kilogram")),
-    "bmi": MeasurementCode(_ln("39156-5", "Body mass index (BMI) [Ratio]"), _ucum("kg/m2", "kilogram per square meter")),
-    "waist": MeasurementCode(_ln("8280-0", "Waist Circumference at umbilicus by Tape measure"), _ucum("cm", "centimeter")),
+    "bmi": MeasurementCode(
+        _ln("39156-5", "Body mass index (BMI) [Ratio]"), _ucum("kg/m2", "kilogram per square meter")
+    ),
+    "waist": MeasurementCode(
+        _ln("8280-0", "Waist Circumference at umbilicus by Tape measure"), _ucum("cm", "centimeter")
+    ),
     "sbp": MeasurementCode(_ln("8480-6", "Systolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
     "dbp": MeasurementCode(_ln("8462-4", "Diastolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
     "glucose": MeasurementCode(

@@ -57,7 +57,9 @@ def frame_positions(ds: Dataset) -> np.ndarray:
     )
 
 
-def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray | None, source_datasets: Sequence[Dataset]) -> np.ndarray:
+def mask_to_source_frames(
+    mask: np.ndarray, affine: np.ndarray | None, source_datasets: Sequence[Dataset]
+) -> np.ndarray:
     """Resample ``mask`` onto the source images' pixels (nearest neighbour): one frame per source image.
 
     Each source pixel centre is mapped through the DICOM geometry (LPS) to RAS world coordinates and, by the
