@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
@@ -374,3 +375,147 @@ def test_mask_to_source_frames_photo(photo):
     np.testing.assert_array_equal(mask_to_source_frames(mask, None, [photo]), mask[None])
     with pytest.raises(ValueError, match="does not fit"):
         mask_to_source_frames(mask.T, None, [photo])
+
+
+# --- inference handler and CLI ------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_handler_glioma_from_monai_loaded_series(mr, tmp_path):
+    """DICOM series -> MONAI load + RAS orientation -> the bundle's prediction writer -> SEG + SR in the source grid."""
+    import torch
+    from ignite.engine import Engine
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, LoadImaged, Orientationd, SelectItemsd
+
+    from common.handlers import SegClassPredictionWriter
+    from common.handlers.dicom_results import DicomResultWriter
+
+    folder = os.path.dirname(mr[0].filename)
+    preprocessing = Compose(
+        [
+            LoadImaged("image", reader="PydicomReader", image_only=True, ensure_channel_first=True),
+            Orientationd("image", axcodes="RAS"),
+            SelectItemsd(["image", "case", "dicom_series"], allow_missing_keys=True),
+        ]
+    )
+    data = [
+        {"image": folder, "case": "dcm_case", "dicom_series": folder},
+        {"image": folder, "case": "nifti_like_case"},  # no DICOM source: skipped
+    ]
+    loader = DataLoader(Dataset(data, preprocessing), batch_size=1)
+
+    def infer(engine, batch):
+        image = batch["image"]
+        seg = torch.where(image[:, :1] > 500, 10.0, -10.0)  # "tumour" = bright voxels
+        return {"pred": {"seg": seg, "idh": torch.tensor([[0.8473]])}}
+
+    out = str(tmp_path / "predictions")
+    engine = Engine(infer)
+    SegClassPredictionWriter(out, preprocessing, regions=["tumour"], cls_task="idh").attach(engine)
+    DicomResultWriter(out, os.path.join(REPO, "bundles", "glioma_seg_idh")).attach(engine)
+    engine.run(loader)
+
+    assert not os.path.exists(os.path.join(out, "nifti_like_case", "seg.dcm"))
+    seg_path, sr_path = (os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm"))
+    assert_valid(seg_path)
+    assert_valid(sr_path)
+    seg = pydicom.dcmread(seg_path)
+    sources = sort_source_datasets(mr)
+    expected = np.stack([s.pixel_array > 500 for s in sources])
+    pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
+        source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
+    )
+    np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    with open(os.path.join(REPO, "bundles", "glioma_seg_idh", "configs", "metadata.json")) as f:
+        version = json.load(f)["version"]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("glioma_seg_idh", version)
+    sr = pydicom.dcmread(sr_path)
+    values = num_values(sr)
+    prob = 1 / (1 + np.exp(-0.8473))
+    assert values["IDH_MUT_PROB"] == (pytest.approx(prob, abs=1e-6), "1")
+    voxel_mm3 = 0.9 * 1.1 * 2.5
+    assert values["118565006"] == (pytest.approx(expected.sum() * voxel_mm3, rel=1e-6), "mm3")
+    refs = {r.ReferencedSOPInstanceUID for i in sr_items(sr) if i.ValueType == "IMAGE" for r in i.ReferencedSOPSequence}
+    assert seg.SOPInstanceUID in refs
+
+
+def test_handler_fundus_photo(photo, tmp_path):
+    import torch
+    from ignite.engine import Engine
+
+    from common.handlers import FundusPredictionWriter
+    from common.handlers.dicom_results import DicomResultWriter
+
+    rgb = torch.as_tensor(photo.pixel_array).permute(2, 0, 1)[None].float() / 255
+    disc = torch.zeros(photo.Rows, photo.Columns, dtype=torch.bool)
+    disc[14:34, 20:44] = True
+    cup = torch.zeros_like(disc)
+    cup[20:28, 28:36] = True
+    logits = torch.where(torch.stack([disc, cup])[None], 10.0, -10.0)
+    batch = {"image": rgb, "case": ["eye1"], "dicom_series": [photo.filename]}
+    pred = {
+        "seg": logits,
+        "vcdr": torch.tensor([0.4]),
+        "glaucoma": torch.tensor([0.2]),
+        "glaucoma_fused": torch.tensor([0.3]),
+    }
+    engine = Engine(lambda e, b: {"pred": pred})
+    out = str(tmp_path / "predictions")
+    FundusPredictionWriter(out).attach(engine)
+    DicomResultWriter(out, os.path.join(REPO, "bundles", "fundus_glaucoma")).attach(engine)
+    engine.run([batch])
+    seg_path, sr_path = (os.path.join(out, "eye1", f) for f in ("seg.dcm", "sr.dcm"))
+    assert_valid(seg_path)
+    assert_valid(sr_path)
+    seg = pydicom.dcmread(seg_path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["optic_disc", "optic_cup"]
+    frames = seg.pixel_array.reshape(-1, photo.Rows, photo.Columns).astype(bool)
+    np.testing.assert_array_equal(frames[0], disc.numpy())
+    np.testing.assert_array_equal(frames[1], cup.numpy())
+    values = num_values(pydicom.dcmread(sr_path))
+    assert values["VCDR"] == (pytest.approx(0.4), "{ratio}")
+    assert values["GLAUCOMA_PROB"] == (pytest.approx(1 / (1 + np.exp(-0.3)), abs=1e-6), "1")
+
+
+def test_cli_factors_and_slices(mr, photo, tmp_path):
+    from common.handlers.dicom_results import main
+
+    dicom_dir, out = tmp_path / "dicom", tmp_path / "factors_out"
+    dicom_dir.mkdir()
+    out.mkdir()
+    photo.save_as(str(dicom_dir / "img1.dcm"))
+    (out / "predictions.csv").write_text(
+        "image_id,patient,sex_probability,sex_prediction,age,sbp,bmi\nimg1,p1,0.7,1,58.25,128.5,23.75\n"
+        "img2,p2,0.1,0,40.0,120.0,22.0\n"
+    )
+    assert main([os.path.join(REPO, "bundles", "cmr_fundus"), str(out), str(dicom_dir)]) == 0
+    assert not (out / "img2").exists()  # no DICOM source for img2
+    sr_path = str(out / "img1" / "sr.dcm")
+    assert_valid(sr_path)
+    assert not (out / "img1" / "seg.dcm").exists()
+    values = num_values(pydicom.dcmread(sr_path))
+    assert values == {
+        "MALE_SEX_PROB": (pytest.approx(0.7), "1"),
+        "30525-0": (pytest.approx(58.25), "a"),
+        "8480-6": (pytest.approx(128.5), "mm[Hg]"),
+        "39156-5": (pytest.approx(23.75), "kg/m2"),
+    }
+
+    series_dir, out = tmp_path / "series", tmp_path / "slices_out"
+    out.mkdir()
+    write_mr_series(str(series_dir / "caseA"), seed=3)
+    rows = "".join(f"caseA,{k},{k / 20:.6f},0,\n" for k in range(2, 6))
+    (out / "predictions.csv").write_text("case,slice,probability,predicted,label\n" + rows)
+    assert main([os.path.join(REPO, "bundles", "brats_mtl"), str(out), str(series_dir)]) == 0
+    sr_path = str(out / "caseA" / "sr.dcm")
+    assert_valid(sr_path)
+    sr = pydicom.dcmread(sr_path)
+    probs = [
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in sr_items(sr)
+        if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "TUMOUR_PROB"
+    ]
+    assert probs == [pytest.approx(v) for v in (0.25, 0.1, 0.15, 0.2, 0.25)]  # study max, then slices 2..5
