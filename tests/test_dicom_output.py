@@ -414,7 +414,9 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path):
     out = str(tmp_path / "predictions")
     engine = Engine(infer)
     SegClassPredictionWriter(out, preprocessing, regions=["tumour"], cls_task="idh").attach(engine)
-    DicomResultWriter(out, os.path.join(REPO, "bundles", "glioma_seg_idh")).attach(engine)
+    with open(os.path.join(REPO, "bundles", "glioma_seg_idh", "configs", "metadata.json")) as f:
+        version = json.load(f)["version"]
+    DicomResultWriter(out, "glioma_seg_idh", version).attach(engine)
     engine.run(loader)
 
     assert not os.path.exists(os.path.join(out, "nifti_like_case", "seg.dcm"))
@@ -429,8 +431,6 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path):
     )
     np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
     algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    with open(os.path.join(REPO, "bundles", "glioma_seg_idh", "configs", "metadata.json")) as f:
-        version = json.load(f)["version"]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("glioma_seg_idh", version)
     sr = pydicom.dcmread(sr_path)
     values = num_values(sr)
@@ -465,7 +465,7 @@ def test_handler_fundus_photo(photo, tmp_path):
     engine = Engine(lambda e, b: {"pred": pred})
     out = str(tmp_path / "predictions")
     FundusPredictionWriter(out).attach(engine)
-    DicomResultWriter(out, os.path.join(REPO, "bundles", "fundus_glaucoma")).attach(engine)
+    DicomResultWriter(out, "fundus_glaucoma", "0.3.1").attach(engine)
     engine.run([batch])
     seg_path, sr_path = (os.path.join(out, "eye1", f) for f in ("seg.dcm", "sr.dcm"))
     assert_valid(seg_path)
@@ -475,7 +475,10 @@ def test_handler_fundus_photo(photo, tmp_path):
     frames = seg.pixel_array.reshape(-1, photo.Rows, photo.Columns).astype(bool)
     np.testing.assert_array_equal(frames[0], disc.numpy())
     np.testing.assert_array_equal(frames[1], cup.numpy())
-    values = num_values(pydicom.dcmread(sr_path))
+    sr = pydicom.dcmread(sr_path)
+    texts = {i.ConceptNameCodeSequence[0].CodeValue: i.get("TextValue") for i in sr_items(sr) if i.ValueType == "TEXT"}
+    assert (texts["111001"], texts["111003"]) == ("fundus_glaucoma", "0.3.1")  # Algorithm Name / Version
+    values = num_values(sr)
     assert values["VCDR"] == (pytest.approx(0.4), "{ratio}")
     assert values["GLAUCOMA_PROB"] == (pytest.approx(1 / (1 + np.exp(-0.3)), abs=1e-6), "1")
 
@@ -519,3 +522,45 @@ def test_cli_factors_and_slices(mr, photo, tmp_path):
         if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "TUMOUR_PROB"
     ]
     assert probs == [pytest.approx(v) for v in (0.25, 0.1, 0.15, 0.2, 0.25)]  # study max, then slices 2..5
+
+
+@pytest.mark.slow
+def test_glioma_bundle_inference_writes_seg_and_sr(mr, tmp_path):
+    """monai.bundle inference of glioma_seg_idh on a DICOM series with ``--dicom_output True`` (untrained weights)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from tests.bundle_cli import bundle_configs, run_bundle
+
+    small = {"features": [4, 8, 16], "patch_size": 16, "sw_batch_size": 16}
+    parser = ConfigParser()
+    parser.read_config(str(bundle_configs("glioma_seg_idh") / "inference.json"))
+    parser.update(small)
+    torch.manual_seed(0)
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    folder = os.path.dirname(mr[0].filename)
+    datalist = [{"t1": folder, "t1ce": folder, "flair": folder, "case": "mr1", "dicom_series": folder}]
+    out = tmp_path / "pred"
+    overrides = {"bundle_root": str(root), "output_dir": str(out), "datalist": datalist, **small}
+    run_bundle(
+        "glioma_seg_idh",
+        "inference.json",
+        {**overrides, "dicom_output": "True", "load_transforms#0#reader": "PydicomReader"},
+    )
+    seg_path, sr_path = str(out / "mr1" / "seg.dcm"), str(out / "mr1" / "sr.dcm")
+    assert_valid(seg_path)
+    assert_valid(sr_path)
+    row = json.loads((out / "mr1" / "mr1_idh.json").read_text())
+    seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == mr[0].SeriesInstanceUID
+    values = num_values(sr)
+    assert values["IDH_MUT_PROB"] == (pytest.approx(row["idh_probability"], abs=1e-6), "1")
+    assert values["118565006"] == (pytest.approx(row["tumour_mm3"], abs=1e-3), "mm3")
+    # the SEG holds as many tumour pixels as the NIfTI mask has voxels (same grid, resampled exactly)
+    sources = sort_source_datasets(mr)
+    pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
+        source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
+    )
+    assert int((pixels > 0).sum()) == row["tumour_voxels"]

@@ -59,6 +59,9 @@ BUNDLE_KINDS = {
 }
 
 
+_NON_IMAGE_MODALITIES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "REG")
+
+
 def read_dicom_source(path: str) -> list[Dataset]:
     """The images of a DICOM source: one ``.dcm`` file, or every DICOM image file of a series folder.
 
@@ -71,10 +74,10 @@ def read_dicom_source(path: str) -> list[Dataset]:
         if not os.path.isfile(file):
             continue
         try:
-            ds = pydicom.dcmread(file)
+            ds = pydicom.dcmread(file, stop_before_pixels=True)  # SEG and SR need the source's attributes only
         except (InvalidDicomError, OSError):
             continue
-        if "PixelData" in ds:
+        if "Rows" in ds and str(ds.get("Modality", "")) not in _NON_IMAGE_MODALITIES:
             datasets.append(ds)
     if not datasets:
         raise DatasetError(f"DICOM source '{path}': no DICOM image found.")
@@ -240,8 +243,9 @@ class DicomResultWriter:
 
     Args:
         output_dir: the prediction writer's output folder (SEG/SR go to ``<output_dir>/<case>/``).
-        bundle_root: the bundle folder (its name and ``configs/metadata.json`` version identify the algorithm).
-        kind: what the prediction writer writes (default from the bundle name, see :data:`BUNDLE_KINDS`).
+        bundle_name: the bundle's name (the algorithm name in SEG and SR), e.g. ``"glioma_seg_idh"``.
+        bundle_version: the bundle's version (in a config: ``"@_meta_#version"``, from metadata.json).
+        kind: what the prediction writer writes (default from ``bundle_name``, see :data:`BUNDLE_KINDS`).
         series_key: batch key of the DICOM source path.
         case_key: batch key of the case id (``"image_id"`` for cmr_fundus).
         enabled: False makes the handler do nothing (a config flag).
@@ -250,18 +254,23 @@ class DicomResultWriter:
     def __init__(
         self,
         output_dir: str,
-        bundle_root: str,
+        bundle_name: str,
+        bundle_version: str,
         kind: str | None = None,
         series_key: str = "dicom_series",
         case_key: str = "case",
         enabled: bool = True,
     ) -> None:
         self.output_dir, self.series_key, self.case_key = str(output_dir), series_key, case_key
+        self.name, self.version = str(bundle_name), str(bundle_version)
         self.enabled = str(enabled).lower() not in ("false", "0", "no")
-        self.name, self.version = bundle_identity(bundle_root)
         self.kind = kind or BUNDLE_KINDS.get(self.name)
-        if self.kind not in set(BUNDLE_KINDS.values()):
+        if self.enabled and self.kind not in set(BUNDLE_KINDS.values()):
             raise ValueError(f"kind must be one of {sorted(set(BUNDLE_KINDS.values()))}, got {self.kind!r}.")
+        if self.enabled and not (self.name and self.version):
+            raise ValueError(
+                f"bundle_name and bundle_version must be non-empty, got {bundle_name!r}, {bundle_version!r}."
+            )
         self.sources: dict[str, str] = {}
         self._skipped = 0
 
