@@ -163,6 +163,7 @@ def test_seg_photo(photo, tmp_path):
     types = [s.SegmentedPropertyTypeCodeSequence[0] for s in ds.SegmentSequence]
     assert types[0].CodeValue == "81016008" and types[0].CodingSchemeDesignator == "SCT"  # optic disc
     assert types[1].CodingSchemeDesignator == PRIVATE_SCHEME  # optic cup: no verifiable standard code
+    assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
     frames = ds.pixel_array.reshape(-1, photo.Rows, photo.Columns)
     np.testing.assert_array_equal(frames[0].astype(bool), masks[0, ..., 0])
     np.testing.assert_array_equal(frames[1].astype(bool), masks[0, ..., 1])
@@ -196,6 +197,8 @@ def test_sr_with_segment_volumes(mr, tmp_path):
     ds = pydicom.dcmread(sr_path)
     assert ds.SOPClassUID == hd.sr.Comprehensive3DSR.from_dataset(ds).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     assert ds.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
+    procedure = [i for i in sr_items(ds) if i.ConceptNameCodeSequence[0].CodeValue == "121058"][0]
+    assert procedure.ConceptCodeSequence[0].CodeValue == "24590-2"  # LOINC MRI Head (BodyPartExamined BRAIN)
     values = num_values(ds)
     assert values["IDH_MUT_PROB"] == (pytest.approx(0.734568, abs=1e-9), "1")
     volumes = [
@@ -294,6 +297,8 @@ def test_sr_photo_with_seg_reference(photo, tmp_path):
     refs = {r.ReferencedSOPInstanceUID for i in sr_items(ds) if i.ValueType == "IMAGE" for r in i.ReferencedSOPSequence}
     assert {seg.SOPInstanceUID, photo.SOPInstanceUID} <= refs
     assert ds.ConceptNameCodeSequence[0].CodeValue == "126000"
+    procedure = [i for i in sr_items(ds) if i.ConceptNameCodeSequence[0].CodeValue == "121058"][0]
+    assert procedure.ConceptCodeSequence[0].CodeValue == "XC"  # External-camera Photography (VL photographic source)
 
 
 def test_sr_per_image_findings(mr, tmp_path):

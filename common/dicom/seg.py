@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from common.dicom.codes import SegmentCode, segment_code
+from common.dicom.codes import PRIVATE_SCHEME, SegmentCode, private_scheme_identification, segment_code
 from common.dicom.frames import has_geometry, sort_source_datasets
 
 __all__ = ["MANUFACTURER", "algorithm_identification", "segment_descriptions", "write_segmentation"]
@@ -138,6 +138,13 @@ def write_segmentation(
         omit_empty_frames=True,
         series_description=(series_description or f"{algorithm_name} segmentation")[:64],
     )
+    uses_private = any(
+        code.CodingSchemeDesignator == PRIVATE_SCHEME
+        for item in seg.SegmentSequence
+        for code in (item.SegmentedPropertyCategoryCodeSequence[0], item.SegmentedPropertyTypeCodeSequence[0])
+    )
+    if uses_private:  # declare the private coding scheme (SOP Common module)
+        seg.CodingSchemeIdentificationSequence = [private_scheme_identification()]
     if not has_geometry(sources[0]) and "PatientOrientation" not in seg:
         # General Image module, Type 2C: needed where the image has no plane geometry (photographs)
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")

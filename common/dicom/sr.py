@@ -17,11 +17,20 @@ from common.dicom.seg import MANUFACTURER
 __all__ = ["procedure_code", "write_measurement_report"]
 
 
+# DICOM modality codes (CID 29), by Modality value
+_MODALITY_CODES = {
+    "OP": codes.DCM.OphthalmicPhotography,
+    "XC": codes.DCM.ExternalCameraPhotography,
+    "CT": codes.DCM.ComputedTomography,
+    "MR": codes.DCM.MagneticResonance,
+}
+
+
 def procedure_code(source: Dataset) -> hd.sr.CodedConcept:
     """The imaging procedure reported for a source image, from its Modality and BodyPartExamined.
 
     MR of the brain/head: LOINC 24590-2 "MRI Head"; MR of the heart: SCT 241620005 "Cardiac MRI"; other MR:
-    LOINC 25056-3; any other modality: its DCM modality code (e.g. "OP" Ophthalmic Photography, "XC").
+    LOINC 25056-3; OP, XC, CT: their DCM modality code (e.g. "OP" Ophthalmic Photography); else DCM "OT" Other.
     """
     modality = str(source.get("Modality", "OT"))
     body = str(source.get("BodyPartExamined", "")).upper()
@@ -34,12 +43,7 @@ def procedure_code(source: Dataset) -> hd.sr.CodedConcept:
             else codes.LN.MRIUnspecifiedBodyRegion
         )
     else:
-        try:
-            code = codes.DCM[modality] if modality in codes.DCM else None
-        except (AttributeError, KeyError):
-            code = None
-        if code is None:
-            return hd.sr.CodedConcept(value=modality, scheme_designator="DCM", meaning=modality)
+        code = _MODALITY_CODES.get(modality, codes.DCM.Other)
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning)
 
 
