@@ -571,3 +571,29 @@ def test_glioma_bundle_inference_writes_seg_and_sr(mr, tmp_path):
         source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
     )
     assert int((pixels > 0).sum()) == row["tumour_voxels"]
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm"])
+def test_seg_and_sr_on_pydicom_test_files(name, tmp_path):
+    """Real-scanner single-slice sources from pydicom's bundled test data."""
+    from pydicom.data import get_testdata_file
+
+    source = pydicom.dcmread(get_testdata_file(name))
+    labels = (source.pixel_array > np.percentile(source.pixel_array, 90)).astype(np.uint8)[None]
+    seg = write_segmentation([source], labels, ["tumour"], "glioma_seg_idh", "0.1.0", str(tmp_path / "seg.dcm"))
+    sr_path = str(tmp_path / "sr.dcm")
+    write_measurement_report(
+        [source],
+        sr_path,
+        "glioma_seg_idh",
+        "0.1.0",
+        measurements={"idh_probability": 0.5},
+        segmentation=seg,
+        segment_measurements={"tumour": {"volume": 10.0}},
+    )
+    assert_valid(str(tmp_path / "seg.dcm"))
+    assert_valid(sr_path)
+    assert pydicom.dcmread(str(tmp_path / "seg.dcm")).ReferencedSeriesSequence[0].SeriesInstanceUID == (
+        source.SeriesInstanceUID
+    )
+    assert num_values(pydicom.dcmread(sr_path))["118565006"] == (10.0, "mm3")
