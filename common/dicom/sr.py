@@ -94,9 +94,9 @@ def write_measurement_report(
             :data:`common.dicom.codes.MEASUREMENT_CODES`). Non-finite values are left out.
         image_measurements: per-image findings: (source image, name -> value), one group per image referencing it.
         segmentation: the SEG the segment measurements refer to (added to the evidence).
-        segment_measurements: segment label -> (name -> value), e.g. ``{"tumour": {"volume": 1234.5}}``: one ROI
-            group per segment referencing it in ``segmentation`` (volumetric for a series with geometry, planar for
-            a photograph, both as TID 1411 groups).
+        segment_measurements: segment label -> (name -> value), e.g. ``{"tumour": {"volume": 1234.5}}``: one TID 1411
+            ROI group per segment referencing it in ``segmentation`` with the source series (or, for a photograph,
+            the source image).
         procedure: procedure reported (default from the source's modality, see :func:`procedure_code`).
         series_description: SeriesDescription (default ``"<algorithm_name> measurements"``).
         series_number: SeriesNumber of the SR series.
