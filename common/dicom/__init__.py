@@ -8,6 +8,21 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "DicomSeries": "series",
+    "DicomSeriesReader": "series",
+    "list_dicom_files": "series",
+    "read_series": "series",
+    "DicomPhotoReader": "photo",
+    "read_photo": "photo",
+    "read_photo_dataset": "photo",
+    "DEFAULT_MODALITY_RULES": "study",
+    "ModalityRule": "study",
+    "StudySeries": "study",
+    "find_study_series": "study",
+    "holds_dicom": "study",
+    "map_study_modalities": "study",
+    "parse_modality_rules": "study",
+    "read_study": "study",
     "nifti_case_to_dicom": "write_images",
     "write_mr_series": "write_images",
     "write_photo": "write_images",
