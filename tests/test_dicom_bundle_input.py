@@ -11,12 +11,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 from PIL import Image
 
 from common.data import generate_brats_like
 from common.data.synthetic_fundus import generate_fundus_like
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
-from tests.bundle_cli import run_bundle
+from tests.bundle_cli import bundle_configs, run_bundle
 
 
 def _unlabelled_pair(data_dir: Path, dst: Path) -> tuple[str, str]:
@@ -108,3 +110,21 @@ def test_fundus_glaucoma_inference_on_dicom_photo(tmp_path):
         dcm = np.asarray(Image.open(out / "photo_dicom" / f"photo_dicom_{kind}.png"))
         assert dcm.shape == jpg.shape == rgb.shape[:2]  # rows stay vertical: (H, W) as the photograph
         assert np.array_equal(dcm, jpg)
+
+
+def test_cmr_fundus_inference_loading_reads_dicom_photo(tmp_path):
+    """cmr_fundus: the inference datalist and loading transforms (not the network) give a .dcm photograph the
+    same tensor as the PNG it was converted from."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (96, 120, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "eye.png")
+    write_photo(rgb, tmp_path / "eye_dicom.dcm")
+    parser = ConfigParser()
+    parser.read_config(str(bundle_configs("cmr_fundus") / "inference.json"))
+    parser["dataset_dir"] = str(tmp_path)
+    datalist = {r["case"]: r for r in parser.get_parsed_content("datalist")}
+    assert datalist["eye_dicom"]["dicom_series"] == str(tmp_path / "eye_dicom.dcm")
+    load = parser.get_parsed_content("load_transforms")
+    png, dcm = Compose(load)(datalist["eye"]), Compose(load)(datalist["eye_dicom"])
+    assert png["image"].shape == dcm["image"].shape
+    assert np.array_equal(png["image"].numpy(), dcm["image"].numpy())
