@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
 from common.data import generate_brats_like
+from common.data.errors import DatasetError
 from common.data.synthetic_fundus import generate_fundus_like
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
 from tests.bundle_cli import bundle_configs, run_bundle
@@ -128,3 +131,33 @@ def test_cmr_fundus_inference_loading_reads_dicom_photo(tmp_path):
     png, dcm = Compose(load)(datalist["eye"]), Compose(load)(datalist["eye_dicom"])
     assert png["image"].shape == dcm["image"].shape
     assert np.array_equal(png["image"].numpy(), dcm["image"].numpy())
+
+
+@pytest.mark.parametrize("bundle", ["glioma_seg_idh", "brats_mtl"])
+def test_modality_rules_override_in_config(bundle, tmp_path):
+    """The inference configs' ``modality_rules`` key changes how a study's series are mapped to modalities."""
+    case = tmp_path / "src"
+    generate_brats_like(case, n_cases=1, shape=(16, 16, 8), seed=1)
+    study = tmp_path / "data" / "study1"
+    nifti_case_to_dicom(next(p for p in case.iterdir() if p.is_dir()), study)
+    for modality, description in (("t1", "SE_A"), ("t1ce", "SE_B"), ("t2", "SE_C"), ("flair", "SE_D")):
+        for path in (study / modality).glob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.SeriesDescription, ds.SequenceName = description, ""
+            ds.save_as(path)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_configs(bundle) / "inference.json"))
+    parser["dataset_dir"] = str(tmp_path / "data")
+    with pytest.raises(RuntimeError) as err:  # monai.bundle wraps the expression's error
+        parser.get_parsed_content("datalist")  # the default rule knows no 'SE_x'
+    assert isinstance(err.value.__cause__, DatasetError)
+    assert re.search(r"no series matches modality '\w+'; series seen: .*'SE_A'", str(err.value.__cause__))
+    parser = ConfigParser()
+    parser.read_config(str(bundle_configs(bundle) / "inference.json"))
+    parser["dataset_dir"] = str(tmp_path / "data")
+    parser["modality_rules"] = [{"modality": m, "pattern": f"se {x}"} for m, x in
+                                (("t1", "a"), ("t1ce", "b"), ("t2", "c"), ("flair", "d"))]
+    (record,) = parser.get_parsed_content("datalist")
+    for modality in parser.get_parsed_content("modalities"):
+        assert record[modality] == str(study / modality)
+    assert record["dicom_study"] == str(study)
