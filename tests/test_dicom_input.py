@@ -359,6 +359,17 @@ def test_series_reader_in_loadimaged(series_dir, tmp_path):
     assert out["a"].meta["SeriesDescription"] == "t1"
 
 
+def test_series_reader_list_of_files_is_one_series(series_dir):
+    folder, volume, affine = series_dir
+    files = []
+    for i, f in enumerate(sorted(folder.glob("*.dcm"))[::-1]):  # reversed, no suffix (as PACS exports name them)
+        files.append(str(f.rename(folder / f"1.2.826.0.1.{i}")))
+    out = LoadImaged("a", reader=DicomSeriesReader(), image_only=True, ensure_channel_first=True)({"a": files})
+    assert out["a"].shape == (1, *volume.shape)
+    assert np.array_equal(out["a"][0].numpy(), volume)
+    np.testing.assert_allclose(out["a"].affine.numpy(), affine, atol=1e-4)
+
+
 def test_series_reader_reports_dataset_error(series_dir):
     folder, _, _ = series_dir
     sorted(folder.glob("*.dcm"))[3].unlink()

@@ -311,18 +311,28 @@ class _DeferredError:
 
 
 def _is_dicom_source(path: str | PathLike) -> bool:
+    """A folder, a ``.dcm`` file, or a file with the DICOM preamble (``DICM`` at byte 128)."""
     path = Path(path)
-    return path.is_dir() or path.suffix.lower() == ".dcm"
+    if path.is_dir() or path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 class DicomSeriesReader(ImageReader):
     """A MONAI image reader for DICOM series folders that hands every other file to a fallback reader (NIfTI).
 
-    A folder (or a ``.dcm`` file, read as a one-file series) is read with :func:`read_series`: the array is
-    ``(X, Y, Z)`` with meta ``affine``/``original_affine`` (RAS), ``spatial_shape``, ``space`` RAS and
-    ``original_channel_dim`` ``"no_channel"`` like ``NibabelReader``, plus ``SeriesInstanceUID``,
-    ``StudyInstanceUID``, ``SeriesDescription`` and ``Modality``. ``Orientationd``/``Invertd`` then work as for
-    NIfTI. Use in a config: ``{"_target_": "LoadImaged", "keys": ..., "reader": "common.dicom.DicomSeriesReader"}``.
+    A folder is read with :func:`read_series`, and so is a list of DICOM files (one series: the files of a series
+    that shares its folder, as ``common.dicom.study`` lists them); several folders give one channel each. DICOM
+    files are recognised by a ``.dcm`` suffix or the ``DICM`` preamble. The array is ``(X, Y, Z)`` with meta
+    ``affine``/``original_affine`` (RAS), ``spatial_shape``, ``space`` RAS and ``original_channel_dim``
+    ``"no_channel"`` like ``NibabelReader``, plus ``SeriesInstanceUID``, ``StudyInstanceUID``,
+    ``SeriesDescription`` and ``Modality``. ``Orientationd``/``Invertd`` then work as for NIfTI. Use in a config:
+    ``{"_target_": "LoadImaged", "keys": ..., "reader": "$common.dicom.DicomSeriesReader()"}``.
 
     A :class:`DatasetError` from a bad series is raised by ``get_data`` (not ``read``), so that ``LoadImage``
     reports it instead of silently trying its other readers.
@@ -344,10 +354,16 @@ class DicomSeriesReader(ImageReader):
         names = ensure_tuple(data)
         if not all(_is_dicom_source(f) for f in names):
             return self.fallback.read(data, **kwargs)
+        folders = [Path(n).is_dir() for n in names]
+        # folders: one series each (stacked as channels); files: together one series (a flat study's series)
+        sources = list(names) if all(folders) else [list(names)]
         images = []
-        for name in names:
+        for source in sources:
             try:
-                images.append(read_series(name if Path(name).is_dir() else [name]))
+                if any(folders) and not all(folders):
+                    raise DatasetError(f"series {names}: give either series folders or the files of one series, "
+                                       "not both.")
+                images.append(read_series(source))
             except DatasetError as err:
                 images.append(_DeferredError(err))
         return images if len(images) > 1 else images[0]
