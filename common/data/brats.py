@@ -57,6 +57,7 @@ def build_brats_datalist(
     modalities: Sequence[str],
     seg_suffix: str = "seg",
     require_seg: bool = True,
+    modality_rules: Sequence | None = None,
 ) -> list[dict]:
     """List the cases of a BraTS-style data set.
 
@@ -64,11 +65,19 @@ def build_brats_datalist(
     files (``.nii`` also accepted), or such files directly in ``dataset_dir``. Other files (``_brainmask``,
     ``LICENSE.txt``, ``labels.csv``, ...) and folders without case files are ignored.
 
+    A sub-folder without NIfTI modality files that holds DICOM files is read as a DICOM study (case id = folder
+    name): its series are mapped to ``modalities`` by ``modality_rules`` (see :mod:`common.dicom.study`); its
+    record holds, per modality, the series folder (or its list of files when the series shares a folder),
+    ``"dicom_series"`` (that of the first modality: the geometry reference of DICOM outputs) and ``"dicom_study"``
+    (the case folder); ``"seg"`` is a ``<case>_<seg_suffix>.nii.gz`` file in the case folder if there is one.
+
     Args:
         dataset_dir: folder of the data set.
         modalities: modalities to load, in channel order; a subset of :data:`BRATS_MODALITIES`.
         seg_suffix: file suffix of the segmentation (``<case>_<seg_suffix>.nii.gz``).
         require_seg: raise when a case has no segmentation; otherwise its ``"seg"`` is ``None``.
+        modality_rules: rules mapping DICOM series to modalities (default
+            ``common.dicom.DEFAULT_MODALITY_RULES``); only used for DICOM study folders.
 
     Returns:
         One dict per case, sorted by case id: ``{"case": id, "image": [paths in modalities order],
@@ -90,19 +99,29 @@ def build_brats_datalist(
 
     kinds = set(BRATS_MODALITIES) | {seg_suffix}
     cases: dict[str, tuple[Path, dict[str, Path]]] = {}  # case -> (folder, kind -> file)
+    dicom_cases: dict[str, Path] = {}  # case -> DICOM study folder
     for case, files in _scan_folder(root, kinds).items():
         cases[case] = (root, files)
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        for case, files in _scan_folder(sub, kinds).items():
+        found = _scan_folder(sub, kinds)
+        if not any(set(files) - {seg_suffix} for files in found.values()) and _holds_dicom(sub):
+            found = {sub.name: {**found.get(sub.name, {}), "dicom": sub}}
+        for case, files in found.items():
             if case in cases:
                 raise case_error(case, sub, f"case found twice: in {sub} and in {cases[case][0]}.")
             cases[case] = (sub, files)
+            if "dicom" in files:
+                dicom_cases[case] = sub
     if not cases:
         raise DatasetError(f"empty data set: no cases found in {root} ({layout}).")
 
     datalist = []
     for case in sorted(cases):
         folder, files = cases[case]
+        if case in dicom_cases:
+            datalist.append(_dicom_record(case, folder, files.get(seg_suffix), modalities, modality_rules,
+                                          require_seg, seg_suffix))
+            continue
         present = sorted(k for k in files if k != seg_suffix)
         for modality in modalities:
             if modality not in files:
@@ -122,6 +141,39 @@ def build_brats_datalist(
         record.update({m: str(files[m]) for m in modalities})
         datalist.append(record)
     return datalist
+
+
+def _holds_dicom(folder: Path) -> bool:
+    from common.dicom.study import holds_dicom  # lazy: common.dicom imports common.data
+
+    return holds_dicom(folder)
+
+
+def _dicom_record(
+    case: str,
+    folder: Path,
+    seg: Path | None,
+    modalities: Sequence[str],
+    modality_rules: Sequence | None,
+    require_seg: bool,
+    seg_suffix: str,
+) -> dict:
+    """The datalist record of a case given as a DICOM study folder (see :func:`build_brats_datalist`)."""
+    from common.dicom.study import map_study_modalities
+
+    if seg is None and require_seg:
+        expected = folder / f"{case}_{seg_suffix}.nii.gz"
+        raise case_error(case, expected, f"missing segmentation '{seg_suffix}' (require_seg=True; DICOM study).")
+    series = map_study_modalities(folder, modalities, modality_rules)
+    sources = {m: series[m].source for m in modalities}
+    return {
+        "case": case,
+        "image": [sources[m] for m in modalities],
+        "seg": None if seg is None else str(seg),
+        **sources,
+        "dicom_series": sources[modalities[0]],
+        "dicom_study": str(folder),
+    }
 
 
 def read_case_labels(csv_path: str | PathLike, column: str, allowed: Collection[str] | None = None) -> dict[str, str]:

@@ -387,6 +387,8 @@ def read_factor_datalist(
                 excluded[f"{factor.name} value"] += 1
             values[k] = value
         records.append({"image": str(image_path), "case": patient, "image_id": image_id, "factors": values})
+        if image_path.suffix.lower() == ".dcm":
+            records[-1]["dicom_series"] = str(image_path)  # the source image that DICOM outputs reference
     if not records:
         raise case_error(None, path, "no usable image is left (see the warnings above).")
     n_patients = len({r["case"] for r in records})
@@ -414,7 +416,11 @@ def list_fundus_images(dataset_dir: str | os.PathLike, extensions: Sequence[str]
         files = sorted(p for p in (root / "images").iterdir() if p.is_file() and p.suffix.lower() in exts)
     if not files:
         raise DatasetError(f"folder {root}: no image with extension {sorted(exts)}.")
-    return [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
+    records = [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
+    for record, path in zip(records, files):
+        if path.suffix.lower() == ".dcm":
+            record["dicom_series"] = str(path)  # the source image that DICOM outputs reference
+    return records
 
 
 def factor_pos_weights(

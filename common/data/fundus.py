@@ -12,8 +12,8 @@ from .errors import DatasetError, case_error
 
 __all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist"]
 
-#: File suffixes read as fundus photographs.
-FUNDUS_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+#: File suffixes read as fundus photographs (``.dcm``: a DICOM photograph, see :mod:`common.dicom.photo`).
+FUNDUS_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
 
 
 def _read_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -51,7 +51,8 @@ def build_fundus_datalist(
     Records hold ``case`` (file stem), ``image`` (path), one path per mask kind (``masks``: key -> file suffix in
     ``mask_dir``, default ``{"disc": "_disc.png", "cup": "_cup.png"}``), ``label_column`` (1, 0, or -1 where
     unknown), ``cdr`` (mean of the label file's columns whose names start with ``cdr_prefix``, e.g. four experts'
-    vertical CDRs; nan where none) and ``split`` (the ``split_column`` value, e.g. an official ``test``).
+    vertical CDRs; nan where none) and ``split`` (the ``split_column`` value, e.g. an official ``test``); a
+    ``.dcm`` image (a DICOM photograph) also gets ``dicom_series``: its path.
 
     Args:
         dataset_dir: data set folder.
@@ -92,6 +93,8 @@ def build_fundus_datalist(
     records = []
     for case, path in images.items():
         rec: dict = {"case": case, "image": str(path)}
+        if path.suffix.lower() == ".dcm":
+            rec["dicom_series"] = str(path)  # the source image that DICOM outputs reference
         for key, suffix in masks.items():
             mask = root / mask_dir / f"{case}{suffix}"
             if not mask.is_file():

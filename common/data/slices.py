@@ -49,16 +49,27 @@ def _image_paths(record: dict) -> list[str]:
     images = record.get("image")
     if not images:
         raise DatasetError(f"record {record!r} has no 'image' file(s).")
-    return [str(images)] if isinstance(images, (str, Path)) else [str(p) for p in images]
+    if isinstance(images, (str, Path)):
+        return [str(images)]
+    # A DICOM series given as a list of its files (see common.dicom.study) stays one entry.
+    return [str(p) if isinstance(p, (str, Path)) else [str(f) for f in p] for p in images]
 
 
-def _load_volume(path: str, case: str) -> np.ndarray:
-    """Read one 3-D NIfTI volume as float32, reoriented to the closest canonical (RAS) orientation."""
+def _load_volume(path: str | list[str], case: str) -> np.ndarray:
+    """Read one 3-D NIfTI volume (or DICOM series folder/files) as float32, reoriented to closest canonical (RAS)."""
     try:
-        img = nib.load(path)
+        if isinstance(path, list) or Path(path).is_dir():
+            from common.dicom.series import read_series  # lazy: common.dicom imports common.data
+
+            series = read_series(path)
+            img = nib.Nifti1Image(series.volume, series.affine)
+        else:
+            img = nib.load(path)
         shape = tuple(img.shape)
     except FileNotFoundError:
         raise case_error(case, path, "file does not exist.") from None
+    except DatasetError:  # a bad DICOM series: the message already names the series and the file
+        raise
     except Exception as err:  # nibabel raises many types for corrupt files (ImageFileError, OSError, EOFError...)
         raise case_error(case, path, f"cannot be read as NIfTI ({type(err).__name__}: {err}).") from err
     if len(shape) == 4 and shape[3] == 1:
@@ -108,7 +119,7 @@ def load_case_volumes(
         data = _load_volume(path, case)
         if channels and data.shape != channels[0].shape:
             raise case_error(
-                case, path, f"shape {data.shape} differs from shape {channels[0].shape} of {Path(paths[0]).name}."
+                case, path, f"shape {data.shape} differs from shape {channels[0].shape} of {Path(str(paths[0])).name}."
             )
         channels.append(data)
     image = np.stack(channels)
@@ -122,7 +133,7 @@ def load_case_volumes(
         raise case_error(
             case,
             seg_path,
-            f"segmentation shape {seg.shape} differs from image shape {image.shape[1:]} of {Path(paths[0]).name}.",
+            f"segmentation shape {seg.shape} differs from image shape {image.shape[1:]} of {Path(str(paths[0])).name}.",
         )
     if not np.array_equal(seg, np.round(seg)):
         raise case_error(case, seg_path, "segmentation holds non-integer values.")
