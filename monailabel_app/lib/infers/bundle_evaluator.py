@@ -59,22 +59,22 @@ class BundleEvaluatorInferTask(InferTask):
         cfg_file = self.bundle_dir / "configs" / "inference.json"
         if not cfg_file.is_file():
             raise ValueError(f"bundle_dir: {self.bundle_dir} has no configs/inference.json.")
-        self.config: dict[str, Any] = json.loads(cfg_file.read_text())
+        self.inference_config: dict[str, Any] = json.loads(cfg_file.read_text())
         meta_file = self.bundle_dir / "configs" / "metadata.json"
         self.meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        targets = [h.get("_target_") for h in self.config.get("handlers", []) if isinstance(h, dict)]
+        targets = [h.get("_target_") for h in self.inference_config.get("handlers", []) if isinstance(h, dict)]
         kinds = [WRITER_KINDS[t] for t in targets if t in WRITER_KINDS]
         if len(kinds) != 1:
             raise ValueError(f"{cfg_file}: expected one of the writers {sorted(WRITER_KINDS)} in 'handlers'.")
         self.kind = kinds[0]
         if self.kind == "seg_class":
-            labels = {name: k for k, name in enumerate(self.config.get("seg_regions", {}), start=1)}
+            labels = {name: k for k, name in enumerate(self.inference_config.get("seg_regions", {}), start=1)}
             infer_type, dimension = InferType.SEGMENTATION, 3
         elif self.kind == "fundus":
-            labels = {name: k for k, name in enumerate(self.config.get("regions", []), start=1)}
+            labels = {name: k for k, name in enumerate(self.inference_config.get("regions", []), start=1)}
             infer_type, dimension = InferType.SEGMENTATION, 2
         else:
-            labels = {f["name"]: k for k, f in enumerate(self.config.get("factors", []))}
+            labels = {f["name"]: k for k, f in enumerate(self.inference_config.get("factors", []))}
             infer_type, dimension = InferType.CLASSIFICATION, 2
         version = self.meta.get("version", "")
         super().__init__(
@@ -103,7 +103,12 @@ class BundleEvaluatorInferTask(InferTask):
         if self.kind == "seg_class":
             import nibabel as nib
 
-            modalities = list(self.config["modalities"])
+            modalities = list(self.inference_config["modalities"])
+            if not image.endswith((".nii", ".nii.gz")):
+                raise ValueError(
+                    f"image {image}: {self.bundle_dir.name} needs a 4-D NIfTI (.nii/.nii.gz) with the modalities "
+                    f"{modalities} on the last axis."
+                )
             img = nib.load(image)
             data = np.asanyarray(img.dataobj)
             if data.ndim == 3 and len(modalities) == 1:
@@ -149,7 +154,7 @@ class BundleEvaluatorInferTask(InferTask):
             if len(rows) != 1:
                 raise RuntimeError(f"image {image}: expected one prediction row, got {len(rows)}.")
             factors: dict[str, Any] = {}
-            for factor in self.config.get("factors", []):
+            for factor in self.inference_config.get("factors", []):
                 name, unit = factor["name"], factor.get("unit", "")
                 if factor.get("kind") == "binary":
                     factors[name] = {
