@@ -7,8 +7,10 @@
 # self-contained and this environment free of the project's DICOM pins.
 #
 # Idempotent: does nothing when the venv already imports monailabel at the pinned version.
-# Environment: PYTHON (interpreter for the venv, default python3), TORCH_INDEX_URL (optional index for the torch and
-# torchvision wheels, e.g. https://download.pytorch.org/whl/cpu for small CPU wheels), MONAILABEL_VENV (venv path).
+# Other versions are pinned by scripts/monailabel-constraints.txt (pip freeze of the tested venv).
+# Environment: PYTHON (interpreter for the venv, default python3); MONAILABEL_VENV (venv path); TORCH_INDEX_URL
+# (optional extra index for torch/torchvision, e.g. https://download.pytorch.org/whl/cpu: CPU wheels, ~1 GB
+# instead of ~8 GB with PyPI's CUDA wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MONAILABEL_VENV:-.venv-monailabel}"
@@ -16,7 +18,7 @@ PY="${PYTHON:-python3}"
 MONAILABEL_VERSION=0.8.5
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
-PIP=(--quiet --disable-pip-version-check)
+PIP=(--quiet --disable-pip-version-check --constraint scripts/monailabel-constraints.txt)
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$MONAILABEL_VERSION" <<'PYCHECK' 2>/dev/null
 import sys
@@ -34,9 +36,8 @@ start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 TORCH_ARGS=()
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    TORCH_ARGS=(--index-url "$TORCH_INDEX_URL")
+    TORCH_ARGS=(--extra-index-url "$TORCH_INDEX_URL")  # its +cpu builds sort above the PyPI ones
 fi
-"$VENV/bin/python" -m pip install "${PIP[@]}" --upgrade pip
 # torch and torchvision first, from the same build, so that monailabel's dependencies find them satisfied.
 "$VENV/bin/python" -m pip install "${PIP[@]}" "${TORCH_ARGS[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 # monailabel 0.8.5 accepts monai>=1.4; pin the project's monai so bundles run on the same version as in ./.venv.
