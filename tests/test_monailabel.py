@@ -1,0 +1,304 @@
+"""MONAI Label serving: export tiny trained bundles, start a real ``monailabel start_server`` on 127.0.0.1 from
+.venv-monailabel, and infer on studies from a local folder (segmentation + classification, and risk factors).
+
+The server tests skip where ``.venv-monailabel`` is absent (``bash scripts/install_monailabel.sh`` makes it).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import gzip
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.data import generate_brats_like
+from common.data.synthetic_cmr import generate_cmr_fundus_like
+from common.data.synthetic_fundus import generate_fundus_like
+from tests.bundle_cli import REPO, run_bundle
+
+VENV_PY = REPO / ".venv-monailabel" / "bin" / "python"
+EXPORTER = REPO / "scripts" / "export_monailabel_bundle.py"
+needs_venv = pytest.mark.skipif(
+    not VENV_PY.exists(), reason=".venv-monailabel is absent: run `bash scripts/install_monailabel.sh` to make it"
+)
+MODELS = ("glioma_seg_idh", "fundus_glaucoma", "cmr_fundus")
+# tiny networks (as in the bundles' own tests); the same values are passed to the exporter with --set
+SMALL = {
+    "glioma_seg_idh": {"features": [4, 8, 16], "patch_size": 16},
+    "fundus_glaucoma": {"features": [4, 8, 16], "crop_size": 32, "locator_size": 32,
+                        "locator_features": [4, 4, 8, 16, 32, 4]},
+    "cmr_fundus": {"image_size": 32, "min_image_size": 32, "encoder_channels": [8, 8, 16, 16], "expert_dim": 8,
+                   "hidden_dim": 8},
+}
+TRAIN_ONLY = {
+    "glioma_seg_idh": {"epochs": 1, "val_interval": 1, "samples_per_case": 2, "batch_size": 4},
+    "fundus_glaucoma": {"locator_epochs": 1, "epochs": 1, "val_interval": 1, "batch_size": 4,
+                        "locator_batch_size": 4, "train_max_side": 256},
+    "cmr_fundus": {"epochs": 1, "batch_size": 4, "progress_bar": False},
+}
+
+
+def _exporter():
+    """The exporter script as a module (in-process exports save a python start-up each)."""
+    spec = importlib.util.spec_from_file_location("export_monailabel_bundle", EXPORTER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _export(bundle: str, out: Path, models: Path, overrides: dict, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(EXPORTER), bundle, str(out), "--models", str(models)]
+    cmd += [x for k, v in overrides.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"export of {bundle} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Train each bundle for one epoch on a few synthetic cases; return bundle -> its models folder."""
+    root = tmp_path_factory.mktemp("monailabel_train")
+    data = {
+        "glioma_seg_idh": root / "brats",
+        "fundus_glaucoma": root / "fundus",
+        "cmr_fundus": root / "cmr",
+    }
+    generate_brats_like(data["glioma_seg_idh"], n_cases=4, shape=(32, 32, 12), seed=5)
+    generate_fundus_like(data["fundus_glaucoma"], n_images=8, size=(160, 176), seed=3)
+    generate_cmr_fundus_like(data["cmr_fundus"], n_patients=6, size=48, seed=3)
+    out = {}
+    for bundle in MODELS:
+        bundle_root = root / f"{bundle}_bundle"
+        overrides = {"dataset_dir": str(data[bundle]), "bundle_root": str(bundle_root)}
+        run_bundle(bundle, "train.json", {**overrides, **SMALL[bundle], **TRAIN_ONLY[bundle]})
+        out[bundle] = bundle_root / "models"
+    out["data"] = root
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained) -> Path:
+    out = tmp_path_factory.mktemp("monailabel_bundles")
+    exporter = _exporter()
+    for bundle in MODELS:
+        assert exporter.export_bundle(bundle, out, trained[bundle], SMALL[bundle]) == out / bundle
+    return out
+
+
+@pytest.mark.slow
+def test_export_is_self_contained(exported):
+    for bundle in MODELS:
+        folder = exported / bundle
+        for part in ("configs/inference.json", "configs/metadata.json", "LICENSE", "docs", "models/model.pt",
+                     "common/__init__.py", "common/networks/__init__.py"):
+            assert (folder / part).exists(), f"{bundle}: {part} missing"
+        assert not list((folder / "models").glob("*resume*")), "resume checkpoints are not exported"
+        config = json.loads((folder / "configs" / "inference.json").read_text())
+        for key, value in SMALL[bundle].items():
+            if key in config:
+                assert config[key] == value
+    assert (exported / "fundus_glaucoma" / "models" / "locator.pt").is_file()
+    assert (exported / "fundus_glaucoma" / "models" / "glaucoma_score.json").is_file()
+
+
+@pytest.mark.slow
+def test_export_rejects_a_checkpoint_that_does_not_fit(trained, tmp_path):
+    with pytest.raises(ValueError, match="model.pt: does not fit the exported network_def"):
+        _exporter().export_bundle("cmr_fundus", tmp_path, trained["cmr_fundus"])  # trained with SMALL, no --set
+    assert not (tmp_path / "cmr_fundus").exists(), "a failed export leaves no half-written bundle"
+
+
+def test_export_bad_arguments_give_one_clear_error(tmp_path):
+    proc = _export("glioma_seg_idh", tmp_path, tmp_path / "no_models", {}, check=False)
+    assert proc.returncode == 2 and "holds no model.pt" in proc.stderr and "no_models" in proc.stderr
+    proc = _export("no_such_bundle", tmp_path, tmp_path, {}, check=False)
+    assert proc.returncode == 2 and "no_such_bundle" in proc.stderr and "not a bundle folder" in proc.stderr
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    proc = _export("glioma_seg_idh", tmp_path / "out", tmp_path / "models", {"no_such_key": 1}, check=False)
+    assert proc.returncode == 2 and "no_such_key" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def _post(url: str, timeout: float = 120) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(url, data=b"params=%7B%7D", method="POST")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def _multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """Parts of a multipart/form-data response, by field name."""
+    msg = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in msg.get_payload()}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, trained) -> dict[str, Path]:
+    """A local studies folder: a 4-D multi-modal NIfTI, a fundus photograph and a CMR-fundus photograph."""
+    folder = tmp_path_factory.mktemp("studies")
+    data = trained["data"]
+    modalities = json.loads((REPO / "bundles/glioma_seg_idh/configs/inference.json").read_text())["modalities"]
+    case = sorted(p for p in (data / "brats").iterdir() if p.is_dir())[0]
+    first = nib.load(case / f"{case.name}_{modalities[0]}.nii.gz")
+    stacked = np.stack([np.asarray(nib.load(case / f"{case.name}_{m}.nii.gz").dataobj) for m in modalities], -1)
+    nib.save(nib.Nifti1Image(stacked.astype(np.float32), first.affine), folder / "brain_001.nii.gz")
+    shutil.copy(sorted((data / "fundus" / "images").glob("*.jpg"))[0], folder / "fundus_001.jpg")
+    shutil.copy(sorted((data / "cmr" / "images").glob("*.png"))[0], folder / "retina_001.png")
+    return {"folder": folder, "brain": folder / "brain_001.nii.gz", "fundus": folder / "fundus_001.jpg",
+            "retina": folder / "retina_001.png"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exported, studies):
+    """A real MONAI Label server (venv python) on a free port; stopped by PID at the end."""
+    if not VENV_PY.exists():
+        pytest.skip(".venv-monailabel is absent: run `bash scripts/install_monailabel.sh` to make it")
+    work = tmp_path_factory.mktemp("monailabel_server")
+    app = work / "app"
+    shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # `common` must come from the bundles
+    env.update(PATH=f"{VENV_PY.parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", HOME=str(work),
+               MONAI_LABEL_TRACKING_ENABLED="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false")
+    cmd = [str(VENV_PY), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
+           str(studies["folder"]), "--conf", "bundles", str(exported), "--conf", "models", ",".join(MODELS),
+           "--host", "127.0.0.1", "--port", str(port)]
+    log_path = work / "server.log"
+    log = open(log_path, "w")
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        info = None
+        while time.monotonic() - start < 180:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-6000:]}")
+            try:
+                status, body, _ = _get(f"{url}/info/", timeout=5)
+                if status == 200:
+                    info = json.loads(body)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert info is not None, f"server did not answer /info/ in 180 s:\n{log_path.read_text()[-6000:]}"
+        print(f"MONAI Label server up in {time.monotonic() - start:.1f} s")
+        yield {"url": url, "info": info, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        log.close()
+
+
+@needs_venv
+@pytest.mark.slow
+def test_info_lists_every_model_with_its_type(server):
+    models = server["info"]["models"]
+    assert set(MODELS) <= set(models)
+    assert models["glioma_seg_idh"]["type"] == "segmentation" and models["glioma_seg_idh"]["dimension"] == 3
+    assert models["glioma_seg_idh"]["labels"] == {"tumour": 1}
+    assert models["fundus_glaucoma"]["labels"] == {"disc": 1, "cup": 2}
+    assert models["cmr_fundus"]["type"] == "classification"
+    assert server["info"]["datastore"]["total"] == 3
+    assert {"brain_001", "fundus_001", "retina_001"} == _image_ids(server)
+
+
+def _image_ids(server) -> set[str]:
+    status, body, _ = _get(f"{server['url']}/datastore/?output=all")
+    assert status == 200, body[:500]
+    return set(json.loads(body)["objects"])
+
+
+@needs_venv
+@pytest.mark.slow
+def test_glioma_label_in_image_space_with_idh_probability(server, studies):
+    status, body, ctype = _post(f"{server['url']}/infer/glioma_seg_idh?image=brain_001")
+    assert status == 200, body[:2000]
+    parts = _multipart(body, ctype)
+    result = json.loads(parts["params"])
+    assert 0.0 <= result["idh_probability"] <= 1.0
+    assert result["idh_prediction"] in ("wildtype", "mutant")
+    label = nib.Nifti1Image.from_bytes(gzip.decompress(parts["image"]))
+    image = nib.load(studies["brain"])
+    assert label.shape == image.shape[:3]
+    np.testing.assert_allclose(label.affine, image.affine, atol=1e-5)
+    values = np.asarray(label.dataobj)
+    assert set(np.unique(values).tolist()) <= {0, 1}
+    assert int((values > 0).sum()) == result["tumour_voxels"]
+
+
+@needs_venv
+@pytest.mark.slow
+def test_fundus_label_png_with_glaucoma_probability(server, studies):
+    status, body, ctype = _post(f"{server['url']}/infer/fundus_glaucoma?image=fundus_001")
+    assert status == 200, body[:2000]
+    parts = _multipart(body, ctype)
+    result = json.loads(parts["params"])
+    assert 0.0 <= result["glaucoma_probability_head"] <= 1.0
+    if result["glaucoma_probability"] is not None:
+        assert 0.0 <= result["glaucoma_probability"] <= 1.0
+    label = np.asarray(Image.open(io.BytesIO(parts["image"])))
+    width, height = Image.open(studies["fundus"]).size
+    assert label.shape == (height, width)
+    assert set(np.unique(label).tolist()) <= {0, 1, 2}
+    assert int((label >= 1).sum()) == result["disc_pixels"] and int((label == 2).sum()) == result["cup_pixels"]
+
+
+@needs_venv
+@pytest.mark.slow
+def test_cmr_fundus_classification_returns_every_factor(server):
+    status, body, ctype = _post(f"{server['url']}/infer/cmr_fundus?image=retina_001")
+    assert status == 200, body[:2000]
+    assert ctype.startswith("application/json"), ctype  # no label image for a classification model
+    result = json.loads(body)
+    names = [f["name"] for f in json.loads((REPO / "bundles/cmr_fundus/configs/inference.json").read_text())["factors"]]
+    assert list(result["factors"]) == names
+    assert 0.0 <= result["factors"]["sex"]["probability"] <= 1.0
+    assert result["factors"]["age"]["unit"] == "years" and np.isfinite(result["factors"]["age"]["value"])
+
+
+@needs_venv
+@pytest.mark.slow
+def test_wrong_study_for_a_model_gives_a_clear_error(server):
+    status, body, _ = _post(f"{server['url']}/infer/glioma_seg_idh?image=fundus_001")
+    assert status >= 400
+    assert "fundus_001.jpg" in server["log"].read_text() or b"fundus_001" in body
