@@ -32,10 +32,11 @@ from common.data.synthetic_cmr import generate_cmr_fundus_like
 from common.data.synthetic_fundus import generate_fundus_like
 from tests.bundle_cli import REPO, run_bundle
 
-VENV_PY = REPO / ".venv-monailabel" / "bin" / "python"
+# the MONAI Label environment: $MONAILABEL_VENV (scripts/run_tests.sh sets it), else ./.venv-monailabel
+VENV_PY = Path(os.environ.get("MONAILABEL_VENV") or REPO / ".venv-monailabel") / "bin" / "python"
 EXPORTER = REPO / "scripts" / "export_monailabel_bundle.py"
 needs_venv = pytest.mark.skipif(
-    not VENV_PY.exists(), reason=".venv-monailabel is absent: run `bash scripts/install_monailabel.sh` to make it"
+    not VENV_PY.exists(), reason=f"{VENV_PY.parents[1]} is absent: run `bash scripts/install_monailabel.sh` to make it"
 )
 MODELS = ("glioma_seg_idh", "fundus_glaucoma", "cmr_fundus")
 # tiny networks (as in the bundles' own tests); the same values are passed to the exporter with --set
@@ -187,7 +188,7 @@ def studies(tmp_path_factory, trained) -> dict[str, Path]:
 def server(tmp_path_factory, exported, studies):
     """A real MONAI Label server (venv python) on a free port; stopped by PID at the end."""
     if not VENV_PY.exists():
-        pytest.skip(".venv-monailabel is absent: run `bash scripts/install_monailabel.sh` to make it")
+        pytest.skip(f"{VENV_PY.parents[1]} is absent: run `bash scripts/install_monailabel.sh` to make it")
     work = tmp_path_factory.mktemp("monailabel_server")
     app = work / "app"
     shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin"))
