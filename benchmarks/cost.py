@@ -7,7 +7,8 @@ strategy's overrides), one training batch is drawn from its data loader, and the
 - training step: the bundle trainer's own iteration (forward, per-task losses of the strategy's tasks, weighting
   backward, optimiser step) on that batch, median of ``--steps`` timed steps after ``--warmup``;
 - inference: the network's forward pass on the same batch in eval mode without gradients, with the single-task
-  model's inactive heads switched off exactly as in its training (median of ``--steps``);
+  model's inactive heads switched off exactly as in its training, and auxiliary tasks (brats_mtl's masked image
+  modelling) off as in the deployed ``inference.json`` (median of ``--steps``);
 - parameters: those that receive a gradient in the strategy's training step (an unused head does not count).
 
     python -m benchmarks.cost                      # all bundles on their ../shared/data sets, CPU, 1 thread
@@ -80,7 +81,7 @@ def measure_strategy(
         inputs, _, args, kwargs = _split(trainer.prepare_batch(batch, dev, False))
         kwargs = dict(kwargs)
         for task, off in trainer.inactive_task_kwargs.items():
-            if task not in trainer.active_tasks:
+            if task not in trainer.active_tasks or task in spec.auxiliary_tasks:
                 kwargs.update(off)
         trainer.network.eval()
         infer = []

@@ -39,6 +39,8 @@ class BundleSpec:
         extra_configs: configs merged after train.json / evaluate.json (e.g. a data set's factor table).
         overrides: overrides for every run (e.g. a speed setting).
         weighting_override: the override key that selects a loss-weighting method.
+        auxiliary_tasks: tasks trained only to help the others and not run at inference (the deployed
+            ``inference.json`` switches them off), so the cost benchmark's inference pass leaves them out too.
     """
 
     name: str
@@ -50,6 +52,7 @@ class BundleSpec:
     extra_configs: tuple[str, ...] = ()
     overrides: dict[str, str] = field(default_factory=dict)
     weighting_override: str = "weighting_name"
+    auxiliary_tasks: tuple[str, ...] = ()
 
     @property
     def default_dataset_dir(self) -> Path:
@@ -67,6 +70,7 @@ SPECS: dict[str, BundleSpec] = {
         # masked image modelling is an auxiliary task with no clinical single-task model of its own
         single_task={"cls": "stl"},
         metrics=(Metric("cls_auc", "tumour slice AUC", stl="stl"), Metric("cls_accuracy", "accuracy", stl="stl")),
+        auxiliary_tasks=("mim",),
     ),
     "glioma_seg_idh": BundleSpec(
         name="glioma_seg_idh",
