@@ -128,8 +128,9 @@ def comparison_section(title: str, intro: str, folder: Path, name: str, assets: 
         if s is None:
             continue
         arrow = "higher" if r["higher_is_better"] == "True" else "lower"
-        body.append([bundle, f"{r['label']} ({arrow} better)", f"{float(fraction):.0%}",
-                     f"{r['strategy']}: {_ci(r)}", f"{s['strategy']}: {_ci(s)}", r["n_runs"], _verdict(r, s)])  # fmt: skip
+        mtl_cell, stl_cell = f"{r['strategy']}: {_ci(r)}", f"{s['strategy']}: {_ci(s)}"
+        label = f"{r['label']} ({arrow} better)"
+        body.append([bundle, label, f"{float(fraction):.0%}", mtl_cell, stl_cell, r["n_runs"], _verdict(r, s)])
     lines += _table(["bundle", "metric", "training labels", "multi-task", "single-task", "seeds", "better"], body)
     if (folder / f"{name}.png").exists():
         lines += ["", f"![{name}]({_copy(folder / f'{name}.png', assets, f'{name}.png')})"]
@@ -155,8 +156,9 @@ def weighting_section(folder: Path, assets: Path) -> list[str]:
     ]
     body = []
     for r in rows:
-        body.append([r["method"], *(_ci(r, m, f"{m}_ci_low", f"{m}_ci_high") for m in metrics), r["n_runs"],
-                     _f(r.get("train_minutes"), 2), _f(r.get("step_overhead"), 2) + "x" if r.get("step_overhead") else "n/a"])  # fmt: skip
+        overhead = _f(r.get("step_overhead"), 2) + "x" if r.get("step_overhead") else "n/a"
+        cells = [_ci(r, m, f"{m}_ci_low", f"{m}_ci_high") for m in metrics]
+        body.append([r["method"], *cells, r["n_runs"], _f(r.get("train_minutes"), 2), overhead])
     lines += _table(["method", *metrics, "seeds", "train min (GPU)", "step overhead"], body)
     if (folder / "weighting.png").exists():
         lines += ["", f"![weighting]({_copy(folder / 'weighting.png', assets, 'weighting.png')})"]
@@ -187,7 +189,8 @@ def affinity_section(folders: Sequence[Path], assets: Path) -> list[str]:
         data = json.loads(path.read_text())
         tasks, aff, cos = data["tasks"], data["affinity"], data["gradient_cosine"]
         where = "GPU" if "gpu" in path.parts else "CPU"
-        lines += [f"**{bundle}** ({data.get('measurements', '?')} measurements, {where} run; `{path.relative_to(REPO)}`)", ""]
+        source = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        lines += [f"**{bundle}** ({data.get('measurements', '?')} measurements, {where} run; `{source}`)", ""]
         head = ["step on \\ affinity to", *tasks, "gradient cosine with", *tasks]
         body = [[t, *(_f(100 * a, 4) for a in aff[i]), "", *(_f(c, 3) for c in cos[i])] for i, t in enumerate(tasks)]
         lines += [*_table(head, body), ""]

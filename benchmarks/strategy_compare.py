@@ -20,37 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-def run_config(bundle: str, config: str | list[str], overrides: dict[str, str], log: Path) -> float:
-    """Run one bundle config (or several merged, later ones overriding) through ``python -m monai.bundle run``;
-    return its wall time in seconds."""
-    cfg_dir = REPO / "bundles" / bundle / "configs"
-    files = [str(cfg_dir / c) for c in ([config] if isinstance(config, str) else config)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]",
-        "--meta_file",
-        str(cfg_dir / "metadata.json"),
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", str(v)]
-    start = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
-    return time.time() - start
+from benchmarks.runner import run_config  # noqa: E402
 
 
 def _cell(row: dict, key: str) -> str:
