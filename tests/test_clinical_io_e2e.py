@@ -1,7 +1,8 @@
 """Clinical I/O end to end against a real Orthanc (issue 7): a case converted to a DICOM study is C-STOREd into
 Orthanc, pulled back by WADO-RS, run through ``glioma_seg_idh``'s inference with ``--dicom_output True
 --pacs_dest``, and the SEG and SR the bundle sent by STOW-RS are found by QIDO-RS, retrieved, validated by dciodvfy
-and their references checked against the pulled study and the bundle's predictions.
+and their references checked against the pulled study and the bundle's predictions. The same, lighter, for
+``fundus_glaucoma`` and one DICOM photograph (STOW-RS in, SEG of disc/cup + SR with vCDR and glaucoma probability).
 
 Orthanc runs in a loopback-only network namespace (``tests/orthanc_server.py``, needs root); every client (the
 export CLI, the bundle run, the DICOMweb client) runs inside it. Real data (``../shared/data/lgg``) is used where
@@ -16,11 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from common.data import generate_brats_like
-from common.dicom import nifti_case_to_dicom
+from common.data.synthetic_fundus import generate_fundus_like
+from common.dicom import nifti_case_to_dicom, write_photo
 from tests.bundle_cli import REAL_DATA, REPO, bundle_configs, run_bundle
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
 from tests.orthanc_server import OrthancServer
@@ -192,3 +196,85 @@ def test_glioma_dicom_study_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path):
     seg_refs = {sop.ReferencedSOPInstanceUID for item in _sr_items(sr) for sop in item.get("ReferencedSOPSequence", [])}
     assert seg.SOPInstanceUID in seg_refs  # a measurement group points at the SEG's segment
     assert _sr_num(sr, IDH_CODE) == pytest.approx(prediction["idh_probability"], abs=1e-6)
+
+
+def _fundus_rgb(tmp_path: Path, synthetic: Path) -> np.ndarray:
+    """One real Drishti-GS1 photograph (shrunk to 384 px on the long side) when present, else a synthetic one."""
+    images = sorted((REAL_DATA / "drishti_gs1" / "images").glob("*.jpg"))
+    if images:
+        img = Image.open(images[-1]).convert("RGB")  # an official test image
+        img.thumbnail((384, 384))
+        return np.asarray(img)
+    return np.asarray(Image.open(synthetic / "images" / "fundus_000.jpg").convert("RGB"))
+
+
+def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    small = {"features": [4, 8, 16], "crop_size": 32, "locator_size": 32, "locator_features": [4, 4, 8, 16, 32, 4],
+             "batch_size": 4, "locator_batch_size": 4, "train_max_side": 256}
+    data = generate_fundus_like(tmp_path / "data", n_images=12, size=(160, 176), seed=3)
+    root = tmp_path / "bundle"
+    run_bundle("fundus_glaucoma", "train.json",
+               {"dataset_dir": str(data), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1,
+                "val_interval": 1, **small})
+    photo = write_photo(_fundus_rgb(tmp_path, data), tmp_path / "modality" / "eye.dcm", patient_id="EYE1")
+    source = pydicom.dcmread(photo)
+
+    with OrthancServer() as pacs:
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", MTL_PACS_USER=pacs.username,
+                   MTL_PACS_PASSWORD=pacs.password, MTL_PACS_OUTBOX=str(tmp_path / "outbox"))
+        dest = tmp_path / "dest.json"
+        dest.write_text(json.dumps(pacs.destination(protocol="stow")))
+        push = subprocess.run(
+            pacs.netns_cmd(sys.executable, "-m", "common.pacs", "send", "--dest", str(dest),
+                           "--outbox", str(tmp_path / "push_outbox"), str(photo)),
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert push.returncode == 0, push.stdout + push.stderr
+        with pacs.inside():
+            client = DICOMwebClient(url=pacs.dicomweb_url,
+                                    session=create_session_from_user_pass(pacs.username, pacs.password))
+            pulled = client.retrieve_instance(source.StudyInstanceUID, source.SeriesInstanceUID,
+                                              source.SOPInstanceUID)
+        images = tmp_path / "pulled" / "images"
+        images.mkdir(parents=True)
+        pulled.save_as(images / "eye_pulled.dcm", enforce_file_format=True)
+        np.testing.assert_array_equal(pydicom.dcmread(images / "eye_pulled.dcm").pixel_array, source.pixel_array)
+
+        out = tmp_path / "pred"
+        proc = _run_bundle_in_netns(pacs, "fundus_glaucoma", {
+            "dataset_dir": str(tmp_path / "pulled"), "bundle_root": str(root), "output_dir": str(out), **small,
+            "dicom_output": "True", "pacs_dest": str(dest)}, env)
+        assert pacs.password not in proc.stdout + proc.stderr
+        prediction = json.loads((out / "eye_pulled" / "eye_pulled_glaucoma.json").read_text())
+
+        with pacs.inside():
+            series = client.search_for_series(source.StudyInstanceUID)
+            by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0] for s in series}
+            assert sorted(by_modality) == ["OP", "SEG", "SR"]
+            seg = client.retrieve_series(source.StudyInstanceUID, by_modality["SEG"])[0]
+            sr = client.retrieve_series(source.StudyInstanceUID, by_modality["SR"])[0]
+
+    for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
+        path = tmp_path / f"retrieved_{name}"
+        ds.save_as(path, enforce_file_format=True)
+        _assert_valid(str(path))
+    _assert_valid(str(images / "eye_pulled.dcm"))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["optic_disc", "optic_cup"]
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [i.ReferencedSOPInstanceUID for i in referenced] == [source.SOPInstanceUID]
+    # an Ophthalmic Photography 8 Bit source, referenced with its own SOP class
+    assert source.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+    assert [i.ReferencedSOPClassUID for i in referenced] == [source.SOPClassUID]
+    derivations = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence
+    assert [(i.ReferencedSOPInstanceUID, i.ReferencedSOPClassUID) for i in derivations] == [
+        (source.SOPInstanceUID, source.SOPClassUID)]
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    listed = {(i.ReferencedSOPInstanceUID, i.ReferencedSOPClassUID) for e in evidence for i in e.ReferencedSOPSequence}
+    assert listed == {(source.SOPInstanceUID, source.SOPClassUID), (seg.SOPInstanceUID, seg.SOPClassUID)}
+    assert (int(seg.Rows), int(seg.Columns)) == source.pixel_array.shape[:2]
+    assert seg.SOPInstanceUID in _evidence_uids(sr) and source.SOPInstanceUID in _evidence_uids(sr)
+    assert _sr_num(sr, "GLAUCOMA_PROB") == pytest.approx(prediction["glaucoma_probability"], abs=1e-6)
+    assert _sr_num(sr, "VCDR") == pytest.approx(prediction["vcdr"], abs=1e-6)
