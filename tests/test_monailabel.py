@@ -303,3 +303,163 @@ def test_wrong_study_for_a_model_gives_a_clear_error(server):
     status, body, _ = _post(f"{server['url']}/infer/glioma_seg_idh?image=fundus_001")
     assert status >= 400
     assert "fundus_001.jpg" in server["log"].read_text() or b"fundus_001" in body
+
+
+_TASK_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])  # monailabel_app: lib.infers
+from lib.infers.bundle_evaluator import BundleEvaluatorInferTask
+import nibabel as nib, numpy as np
+out = {}
+for key, bundle, image in json.loads(sys.argv[2]):
+    try:
+        label, result = BundleEvaluatorInferTask(sys.argv[3] + "/" + bundle)({"image": image})
+    except Exception as e:  # the error the server would answer with
+        out[key] = {"error": f"{type(e).__name__}: {e}"}
+        continue
+    if label and label.endswith(".nii.gz"):
+        result["label_sum"], result["label_shape"] = int(nib.load(label).get_fdata().sum()), nib.load(label).shape
+        np.save(sys.argv[4] + "/" + key + ".npy", np.asarray(nib.load(label).dataobj))
+    elif label:
+        from PIL import Image
+        np.save(sys.argv[4] + "/" + key + ".npy", np.asarray(Image.open(label)))
+    out[key] = result
+print("RESULTS " + json.dumps(out, default=str))
+"""
+
+
+@pytest.mark.skip(reason="unfinished (issue 7e): the DICOM photograph case fails in the MONAI Label venv: "
+                  "common.dicom.photo needs pydicom 3 (pydicom.pixels), the venv has pydicom 2.4.5")
+@needs_venv
+@pytest.mark.slow
+def test_task_accepts_dicom_series_and_study_folders(exported, studies, trained, tmp_path):
+    """The infer task, in the MONAI Label venv (pydicom 2.x), on what MONAI Label hands over for DICOM: a study
+    folder (glioma: its series mapped to t1/t1ce/flair by the modality rule) and a folder with one photograph
+    (fundus) give the results of the same images as NIfTI/JPEG; a single series lacking modalities is refused."""
+    from common.dicom import nifti_case_to_dicom, write_photo
+
+    case = sorted(p for p in (trained["data"] / "brats").iterdir() if p.is_dir())[0]
+    study = tmp_path / "study_001"
+    nifti_case_to_dicom(case, study, modalities=["t1", "t1ce", "flair", "t2"])  # t2: an extra series, ignored
+    photo_dir = tmp_path / "1.2.826.0.1.3680043.8.498.1"  # a DICOMweb series folder is named by its UID
+    write_photo(np.asarray(Image.open(studies["fundus"]).convert("RGB")), photo_dir / "image.dcm")
+    jobs = [["study", "glioma_seg_idh", str(study)], ["nifti", "glioma_seg_idh", str(studies["brain"])],
+            ["photo", "fundus_glaucoma", str(photo_dir)], ["jpg", "fundus_glaucoma", str(studies["fundus"])],
+            ["one_series", "glioma_seg_idh", str(study / "flair")]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # `common` must come from the bundles
+    env.update(OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(VENV_PY), "-c", _TASK_SCRIPT, str(REPO / "monailabel_app"), json.dumps(jobs),
+                           str(exported), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+    for key in ("study", "nifti", "photo", "jpg"):
+        assert "error" not in results[key], results[key]
+    # DICOM voxels are the NIfTI ones quantised to 16 bits: same IDH probability and (nearly) the same label map
+    assert results["study"]["idh_probability"] == pytest.approx(results["nifti"]["idh_probability"], abs=1e-3)
+    a, b = np.load(tmp_path / "study.npy"), np.load(tmp_path / "nifti.npy")
+    assert a.shape == b.shape and np.mean(a == b) > 0.999
+    # the photograph: same pixels, same results and label PNG
+    for key in ("glaucoma_probability", "vcdr"):
+        assert results["photo"][key] == pytest.approx(results["jpg"][key], abs=1e-6), key
+    assert np.array_equal(np.load(tmp_path / "photo.npy"), np.load(tmp_path / "jpg.npy"))
+    # one series where three modalities are needed: one error naming the folder and the missing modalities
+    error = results["one_series"]["error"]
+    assert str(study / "flair") in error and "t1" in error, error
+
+
+@pytest.mark.skip(reason="unfinished (issue 7e): never run; needs the photo fix (pydicom 2.4 in the MONAI "
+                  "Label venv) and dcmqi in .venv-monailabel")
+@needs_venv
+@pytest.mark.slow
+def test_server_on_orthanc_dicomweb_datastore(exported, studies, trained, tmp_path):
+    """MONAI Label's datastore is a real Orthanc's DICOMweb (authentication on, loopback-only namespace): it lists
+    the series stored there, and the segmentation bundles infer on a series UID (glioma: the task fetches the rest
+    of the study by DICOMweb) with the results the same images give from local files."""
+    from common.dicom import nifti_case_to_dicom, write_photo
+    from tests.orthanc_server import OrthancServer
+
+    case = sorted(p for p in (trained["data"] / "brats").iterdir() if p.is_dir())[0]
+    study = tmp_path / "study"
+    written = nifti_case_to_dicom(case, study, modalities=["t1", "t1ce", "flair"])
+    photo = write_photo(np.asarray(Image.open(studies["fundus"]).convert("RGB")), tmp_path / "photo" / "eye.dcm")
+    t1_series = str(pydicom_header(written["t1"][0]).SeriesInstanceUID)
+    photo_series = str(pydicom_header(photo).SeriesInstanceUID)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1")
+    # expected: the task on the local copies (no DICOMweb)
+    jobs = [["study", "glioma_seg_idh", str(study)], ["photo", "fundus_glaucoma", str(photo.parent)]]
+    local = subprocess.run([str(VENV_PY), "-c", _TASK_SCRIPT, str(REPO / "monailabel_app"), json.dumps(jobs),
+                            str(exported), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert local.returncode == 0, local.stderr[-4000:]
+    expected = json.loads(next(line for line in local.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+
+    with OrthancServer() as pacs:
+        dest = tmp_path / "dest.json"
+        dest.write_text(json.dumps(pacs.destination()))
+        push = subprocess.run(
+            pacs.netns_cmd(sys.executable, "-m", "common.pacs", "send", "--dest", str(dest), "--outbox",
+                           str(tmp_path / "outbox"), str(study), str(photo)),
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), MTL_PACS_USER=pacs.username,
+                               MTL_PACS_PASSWORD=pacs.password), capture_output=True, text=True, timeout=300)
+        assert push.returncode == 0, push.stdout + push.stderr
+
+        work = tmp_path / "server"
+        app = work / "app"
+        shutil.copytree(REPO / "monailabel_app", app,
+                        ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin"))
+        server_env = dict(env, PATH=f"{VENV_PY.parent}{os.pathsep}{env.get('PATH', '')}", HOME=str(work),
+                          MONAI_LABEL_TRACKING_ENABLED="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+                          MONAI_LABEL_DICOMWEB_USERNAME=pacs.username, MONAI_LABEL_DICOMWEB_PASSWORD=pacs.password,
+                          MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI="false",
+                          MONAI_LABEL_DICOMWEB_CACHE_PATH=str(work / "cache"))
+        cmd = pacs.netns_cmd(str(VENV_PY), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
+                             pacs.dicomweb_url, "--conf", "bundles", str(exported), "--conf", "models",
+                             "glioma_seg_idh,fundus_glaucoma", "--host", "127.0.0.1", "--port", "8000")
+        log_path = work / "server.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, cwd=work, env=server_env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        url = "http://127.0.0.1:8000"
+        try:
+            with pacs.inside():
+                start, info = time.monotonic(), None
+                while time.monotonic() - start < 180 and info is None:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"server exited ({proc.returncode}):\n{log_path.read_text()[-6000:]}")
+                    try:
+                        status, body, _ = _get(f"{url}/info/", timeout=5)
+                        info = json.loads(body) if status == 200 else None
+                    except OSError:
+                        pass
+                    time.sleep(0.5)
+                assert info is not None, f"no /info/ in 180 s:\n{log_path.read_text()[-6000:]}"
+                status, body, _ = _get(f"{url}/datastore/?output=all")
+                assert status == 200, body[:500]
+                listed = set(json.loads(body)["objects"])
+                assert {t1_series, photo_series} <= listed  # the series stored in Orthanc, by UID
+                results = {}
+                for key, model, series in (("photo", "fundus_glaucoma", photo_series),
+                                           ("study", "glioma_seg_idh", t1_series)):
+                    status, body, _ = _post(f"{url}/infer/{model}?image={series}&output=json", timeout=300)
+                    assert status == 200, body[:2000].decode(errors="replace") + log_path.read_text()[-4000:]
+                    results[key] = json.loads(body)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+    assert pacs.password not in log_path.read_text()
+    for key in ("glaucoma_probability", "vcdr"):
+        assert results["photo"][key] == pytest.approx(expected["photo"][key], abs=1e-6), key
+    assert results["study"]["idh_probability"] == pytest.approx(expected["study"]["idh_probability"], abs=1e-6)
+    assert results["study"]["tumour_voxels"] == expected["study"]["tumour_voxels"]
+
+
+def pydicom_header(path):
+    import pydicom
+
+    return pydicom.dcmread(str(path), stop_before_pixels=True)

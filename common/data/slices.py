@@ -256,14 +256,23 @@ def extract_axial_slices(
 def build_slice_dataset(records: Sequence[dict], **kwargs) -> list[dict]:
     """Axial slices of many cases (:func:`extract_axial_slices` keyword arguments apply to each).
 
+    When a record carries a DICOM source (``"dicom_series"``, a series folder), every slice gets that key too
+    (``""`` for the cases without one), for the DICOM result writer.
+
     Raises:
         DatasetError: no records, or no slice kept from any case (names the folder(s) and cases).
     """
     if not records:
         raise DatasetError("no records given: the data set or split is empty.")
     samples: list[dict] = []
+    any_dicom = any(r.get("dicom_series") for r in records)
     for record in records:
-        samples.extend(extract_axial_slices(record, **kwargs))
+        source = record.get("dicom_series")
+        for sample in extract_axial_slices(record, **kwargs):
+            if any_dicom:
+                # the DICOM output's source series, kept per slice ("" for a NIfTI case: it batches with the others)
+                sample["dicom_series"] = source if isinstance(source, str) else ""
+            samples.append(sample)
     if not samples:
         cases = [_case_id(r) for r in records]
         folders = sorted({str(Path(_image_paths(r)[0]).parent) for r in records})

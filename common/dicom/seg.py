@@ -17,6 +17,43 @@ __all__ = ["MANUFACTURER", "algorithm_identification", "segment_descriptions", "
 
 MANUFACTURER = "MTL MONAI bundles"
 
+#: Single-frame stand-ins for photograph IODs that highdicom 0.28.2 treats as enhanced multi-frame (it then wants a
+#: SharedFunctionalGroupsSequence, which these IODs do not have): Ophthalmic Photography 8/16 Bit -> VL Photographic.
+_PHOTO_STAND_INS = {
+    "1.2.840.10008.5.1.4.1.1.77.1.5.1": "1.2.840.10008.5.1.4.1.1.77.1.4",
+    "1.2.840.10008.5.1.4.1.1.77.1.5.2": "1.2.840.10008.5.1.4.1.1.77.1.4",
+}
+
+
+def _single_frame_view(source: Dataset) -> Dataset:
+    """``source`` as highdicom can take it as a SEG source (a shallow copy; the original is not changed)."""
+    stand_in = _PHOTO_STAND_INS.get(str(source.get("SOPClassUID", "")))
+    if stand_in is None or "SharedFunctionalGroupsSequence" in source or int(source.get("NumberOfFrames", 1)) != 1:
+        return source
+    view = Dataset()
+    view.update(source)
+    view.file_meta = getattr(source, "file_meta", Dataset())
+    del view.SOPClassUID  # the elements are shared with ``source``: replace them, do not set their values
+    view.SOPClassUID = stand_in
+    del view.NumberOfFrames
+    return view
+
+
+def _restore_referenced_classes(seg: Dataset, originals: Sequence[Dataset]) -> None:
+    """Put the sources' own SOP Class UIDs back into the SEG's references (undoes :func:`_single_frame_view`)."""
+    by_instance = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in originals}
+
+    def fix(item: Dataset) -> None:
+        uid = str(item.get("ReferencedSOPInstanceUID", ""))
+        if uid in by_instance and "ReferencedSOPClassUID" in item:
+            item.ReferencedSOPClassUID = by_instance[uid]
+        for elem in item:
+            if elem.VR == "SQ":
+                for child in elem.value:
+                    fix(child)
+
+    fix(seg)
+
 
 def algorithm_identification(name: str, version: str) -> hd.AlgorithmIdentificationSequence:
     """Algorithm identification of a bundle: family "Artificial Intelligence" (DCM 123110), its name and version."""
@@ -118,8 +155,9 @@ def write_segmentation(
             pixels = array.astype(bool)
     else:
         raise ValueError(f"label_array must be 3-D or 4-D, got shape {array.shape}.")
+    views = [_single_frame_view(ds) for ds in sources]
     seg = hd.seg.Segmentation(
-        source_images=sources,
+        source_images=views,
         pixel_array=pixels,
         segmentation_type=(
             hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
@@ -138,6 +176,8 @@ def write_segmentation(
         omit_empty_frames=True,
         series_description=(series_description or f"{algorithm_name} segmentation")[:64],
     )
+    if any(v is not ds for v, ds in zip(views, sources)):
+        _restore_referenced_classes(seg, sources)
     uses_private = any(
         code.CodingSchemeDesignator == PRIVATE_SCHEME
         for item in seg.SegmentSequence

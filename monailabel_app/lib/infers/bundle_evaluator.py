@@ -13,6 +13,12 @@ into a temporary folder and returns what its prediction writer wrote:
   (0 background, 1 disc, 2 cup) and the JSON row (glaucoma probabilities, vCDR, flags).
 - ``factors`` (FactorPredictionWriter, cmr_fundus): a CLASSIFICATION task returning no label file and one value (or
   probability for binary factors) per factor in the JSON.
+
+A folder (what MONAI Label hands over for a DICOM series, e.g. from a DICOMweb datastore) is read with the bundle's
+own ``common.dicom`` (it works under the MONAI Label venv's pydicom 2.4): for ``seg_class`` a study folder whose image
+series are mapped to the bundle's ``modalities`` by its ``modality_rules``; for the photograph kinds a folder with one
+DICOM photograph. The bundle's DICOM SEG/SR writer and PACS export handlers are not run by the server (they need
+highdicom, which cannot be installed beside pydicom<3).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleEvaluatorInferTask", "WRITER_KINDS"]
+__all__ = ["BundleEvaluatorInferTask", "SERVER_SKIPPED_HANDLERS", "WRITER_KINDS"]
 
 # prediction writer target in inference.json -> kind of the task
 WRITER_KINDS = {
@@ -41,6 +47,44 @@ WRITER_KINDS = {
     "common.handlers.FundusPredictionWriter": "fundus",
     "common.handlers.FactorPredictionWriter": "factors",
 }
+
+# handlers of inference.json not run in MONAI Label: it returns results over HTTP (no DICOM SEG/SR files, no PACS
+# export from the server), and their modules need highdicom, which the MONAI Label venv (pydicom<3) cannot hold
+SERVER_SKIPPED_HANDLERS = ("common.handlers.dicom_results.", "common.handlers.pacs_export.")
+# series a study fetch skips (results written back to the study, presentation states, key objects)
+NON_IMAGE_MODALITIES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "REG")
+
+
+def _fetch_study_from_dicomweb(series_dir: str, work: Path) -> Path | None:
+    """The image series of ``series_dir``'s study, retrieved into ``work/study`` from MONAI Label's DICOMweb
+    datastore (``--studies http...``, credentials from ``MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD``); None when the
+    server does not use a DICOMweb datastore."""
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+    from monailabel.config import settings
+
+    url = str(settings.MONAI_LABEL_STUDIES or "")
+    if not url.startswith(("http://", "https://")):
+        return None
+    first = next(p for p in sorted(Path(series_dir).rglob("*")) if p.is_file())
+    study_uid = str(pydicom.dcmread(str(first), stop_before_pixels=True).StudyInstanceUID)
+    user = settings.MONAI_LABEL_DICOMWEB_USERNAME or settings.MONAI_LABEL_DATASTORE_USERNAME
+    password = settings.MONAI_LABEL_DICOMWEB_PASSWORD or settings.MONAI_LABEL_DATASTORE_PASSWORD
+    session = create_session_from_user_pass(user, password) if user and password else None
+    client = DICOMwebClient(url=url, session=session)
+    study = work / "study"
+    for found in client.search_for_series(study_uid):
+        modality = found.get("00080060", {}).get("Value", [""])[0]
+        if modality in NON_IMAGE_MODALITIES:
+            continue
+        series_uid = found["0020000E"]["Value"][0]
+        folder = study / series_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        for ds in client.retrieve_series(study_uid, series_uid):
+            ds.save_as(str(folder / f"{ds.SOPInstanceUID}.dcm"))
+    logger.info(f"retrieved study {study_uid} from {url} into {study}")
+    return study
 
 
 class BundleEvaluatorInferTask(InferTask):
@@ -94,12 +138,45 @@ class BundleEvaluatorInferTask(InferTask):
     def is_valid(self) -> bool:
         return (self.bundle_dir / "models" / "model.pt").is_file()
 
+    def _dicom_datalist(self, folder: str, case: str, work: Path) -> list[dict[str, Any]]:
+        """The one-item datalist of a DICOM folder (what MONAI Label hands over for a DICOM series or study).
+
+        3-D bundles: the folder is a study (or one series) whose image series are mapped to the bundle's
+        ``modalities`` by its ``modality_rules`` (``common.dicom.study``); photograph bundles: the folder holds
+        one DICOM photograph.
+        """
+        from common.dicom.series import list_dicom_files
+        from common.dicom.study import holds_dicom, map_study_modalities
+
+        if not holds_dicom(Path(folder)):
+            raise ValueError(f"image {folder}: a folder without DICOM files; {self.bundle_dir.name} needs a DICOM "
+                             "series/study folder, a NIfTI volume or a photograph file.")
+        if self.kind == "seg_class":
+            from common.data.errors import DatasetError
+
+            modalities = list(self.inference_config["modalities"])
+            rules = self.inference_config.get("modality_rules")
+            try:
+                series = map_study_modalities(folder, modalities, rules)
+            except DatasetError:
+                # a DICOMweb datastore hands over one series: fetch the other series of its study
+                study = _fetch_study_from_dicomweb(folder, work)
+                if study is None:
+                    raise
+                series = map_study_modalities(study, modalities, rules)
+            sources = {m: series[m].source for m in modalities}
+            return [{"case": case, "image": [sources[m] for m in modalities], **sources,
+                     "dicom_series": sources[modalities[0]], "dicom_study": folder}]
+        files = [path for path, _ in list_dicom_files(folder)[0]]
+        if len(files) != 1:
+            raise ValueError(f"image {folder}: {self.bundle_dir.name} takes one photograph, the folder holds "
+                             f"{len(files)} DICOM files.")
+        record = {"image": str(files[0]), "case": case, "dicom_series": str(files[0])}
+        return [record] if self.kind == "fundus" else [{**record, "image_id": case}]
+
     def _datalist(self, image: str, case: str, work: Path) -> list[dict[str, Any]]:
         if os.path.isdir(image):
-            raise ValueError(
-                f"image {image}: a folder (DICOM series) is not supported by {self.bundle_dir.name}; "
-                "give a NIfTI volume or a photograph file."
-            )
+            return self._dicom_datalist(image, case, work)
         if self.kind == "seg_class":
             import nibabel as nib
 
@@ -143,6 +220,10 @@ class BundleEvaluatorInferTask(InferTask):
                 "device": f"$torch.device('{device}')",
             }
         )
+        parser["handlers"] = [
+            h for h in parser["handlers"] if not (isinstance(h, dict) and str(h.get("_target_", "")).startswith(
+                SERVER_SKIPPED_HANDLERS))
+        ]
         parser.get_parsed_content("imports")
         parser.get_parsed_content("evaluator").run()
 
@@ -203,7 +284,7 @@ class BundleEvaluatorInferTask(InferTask):
         if not image or not os.path.exists(image):
             raise ValueError(f"image: '{image}' does not exist.")
         name = os.path.basename(image.rstrip("/"))
-        case = name.split(".")[0] or "image"
+        case = (name if os.path.isdir(image) else name.split(".")[0]) or "image"  # a series folder: its UID
         device = "cuda" if str(request.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
         with self._lock, tempfile.TemporaryDirectory(prefix="mtl_infer_") as tmp:
             work, out_dir = Path(tmp) / "input", Path(tmp) / "output"
