@@ -328,8 +328,6 @@ print("RESULTS " + json.dumps(out, default=str))
 """
 
 
-@pytest.mark.skip(reason="unfinished (issue 7e): the DICOM photograph case fails in the MONAI Label venv: "
-                  "common.dicom.photo needs pydicom 3 (pydicom.pixels), the venv has pydicom 2.4.5")
 @needs_venv
 @pytest.mark.slow
 def test_task_accepts_dicom_series_and_study_folders(exported, studies, trained, tmp_path):

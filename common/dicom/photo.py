@@ -68,7 +68,7 @@ def read_photo_dataset(ds: Dataset, path: str | PathLike | None = None) -> np.nd
     syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
     try:
         # pydicom >= 3 converts YBR_FULL / YBR_FULL_422 to RGB (pydicom.pixels.convert_color_space) with as_rgb.
-        pixels = pydicom.pixels.pixel_array(ds, as_rgb=True)
+        pixels = _decode_rgb(ds, photometric)
     except Exception as err:  # NotImplementedError / RuntimeError / ValueError depending on the decoder plugin
         name = getattr(syntax, "name", "")
         raise DatasetError(f"{where}: pixel data cannot be decoded (transfer syntax {syntax}"
@@ -80,6 +80,20 @@ def read_photo_dataset(ds: Dataset, path: str | PathLike | None = None) -> np.nd
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise DatasetError(f"{where}: unexpected pixel array shape {pixels.shape} for a photograph.")
     return np.ascontiguousarray(pixels.astype(np.uint8, copy=False))
+
+
+def _decode_rgb(ds: Dataset, photometric: str) -> np.ndarray:
+    """Pixel data as RGB where colour: pydicom >= 3's ``pixels`` API, or pydicom 2's ``pixel_array`` plus its colour
+    conversion (the MONAI Label environment has pydicom < 3)."""
+    if hasattr(pydicom, "pixels"):
+        return pydicom.pixels.pixel_array(ds, as_rgb=True)
+    from pydicom.pixel_data_handlers.util import convert_color_space
+
+    pixels = ds.pixel_array
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed if hasattr(ds, "file_meta") else False
+    if pixels.ndim == 3 and photometric.startswith("YBR") and not compressed:  # decoders convert compressed YBR
+        pixels = convert_color_space(pixels, photometric, "RGB")
+    return pixels
 
 
 def read_photo(path: str | PathLike) -> np.ndarray:
