@@ -10,6 +10,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data"
+# tiny fundus_glaucoma networks and inputs so a CPU epoch takes about a second
+TINY_FUNDUS = {
+    "features": [4, 8, 16],
+    "crop_size": 32,
+    "locator_size": 32,
+    "locator_features": [4, 4, 8, 16, 32, 4],
+    "batch_size": 4,
+    "locator_batch_size": 4,
+    "train_max_side": 256,
+}
 
 
 def bundle_configs(bundle: str) -> Path:
@@ -58,3 +68,15 @@ def check_workflow_properties(bundle: str, dataset_dir: str | Path) -> None:
         )
         wf.initialize()
         assert not wf.check_properties(), f"{cfg}: missing properties {wf.check_properties()}"
+
+
+def train_tiny_fundus(work: Path, seed: int = 3) -> tuple[Path, Path]:
+    """A synthetic fundus set in ``work/data`` and a fundus_glaucoma model trained one epoch on it with
+    :data:`TINY_FUNDUS` in ``work/bundle``; returns (data folder, bundle root)."""
+    from common.data.synthetic_fundus import generate_fundus_like
+
+    data = generate_fundus_like(work / "data", n_images=12, size=(160, 176), seed=seed)
+    root = work / "bundle"
+    overrides = {"dataset_dir": str(data), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1}
+    run_bundle("fundus_glaucoma", "train.json", {**overrides, "val_interval": 1, **TINY_FUNDUS})
+    return data, root

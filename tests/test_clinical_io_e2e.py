@@ -23,9 +23,8 @@ import pytest
 from PIL import Image
 
 from common.data import generate_brats_like
-from common.data.synthetic_fundus import generate_fundus_like
 from common.dicom import nifti_case_to_dicom, write_photo
-from tests.bundle_cli import REAL_DATA, REPO, bundle_configs, run_bundle
+from tests.bundle_cli import REAL_DATA, REPO, TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
 from tests.orthanc_server import OrthancServer
 
@@ -212,13 +211,8 @@ def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path):
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session_from_user_pass
 
-    small = {"features": [4, 8, 16], "crop_size": 32, "locator_size": 32, "locator_features": [4, 4, 8, 16, 32, 4],
-             "batch_size": 4, "locator_batch_size": 4, "train_max_side": 256}
-    data = generate_fundus_like(tmp_path / "data", n_images=12, size=(160, 176), seed=3)
-    root = tmp_path / "bundle"
-    run_bundle("fundus_glaucoma", "train.json",
-               {"dataset_dir": str(data), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1,
-                "val_interval": 1, **small})
+    small = TINY_FUNDUS
+    data, root = train_tiny_fundus(tmp_path)
     photo = write_photo(_fundus_rgb(tmp_path, data), tmp_path / "modality" / "eye.dcm", patient_id="EYE1")
     source = pydicom.dcmread(photo)
 

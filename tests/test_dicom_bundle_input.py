@@ -19,9 +19,8 @@ from PIL import Image
 
 from common.data import generate_brats_like
 from common.data.errors import DatasetError
-from common.data.synthetic_fundus import generate_fundus_like
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
-from tests.bundle_cli import bundle_configs, run_bundle
+from tests.bundle_cli import TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
 
 
 def _unlabelled_pair(data_dir: Path, dst: Path) -> tuple[str, str]:
@@ -88,13 +87,8 @@ def test_brats_mtl_inference_on_dicom_study(tmp_path):
 
 @pytest.mark.slow
 def test_fundus_glaucoma_inference_on_dicom_photo(tmp_path):
-    small = {"features": [4, 8, 16], "crop_size": 32, "locator_size": 32, "locator_features": [4, 4, 8, 16, 32, 4],
-             "batch_size": 4, "locator_batch_size": 4, "train_max_side": 256}
-    data = generate_fundus_like(tmp_path / "data", n_images=12, size=(160, 176), seed=3)
-    root = tmp_path / "bundle"
-    run_bundle("fundus_glaucoma", "train.json",
-               {"dataset_dir": str(data), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1,
-                "val_interval": 1, **small})
+    small = TINY_FUNDUS
+    data, root = train_tiny_fundus(tmp_path)
     src = tmp_path / "in" / "images"
     src.mkdir(parents=True)
     shutil.copy(data / "images" / "fundus_000.jpg", src / "photo.jpg")

@@ -22,21 +22,12 @@ from PIL import Image
 
 from common.data import build_fundus_datalist, select_split
 from common.data.synthetic_fundus import generate_fundus_like
-from tests.bundle_cli import REPO, bundle_configs, check_workflow_properties, run_bundle
+from tests.bundle_cli import REPO, TINY_FUNDUS, bundle_configs, check_workflow_properties, run_bundle
 
 BUNDLE = "fundus_glaucoma"
 CFG = bundle_configs(BUNDLE)
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-# tiny networks and inputs so a CPU epoch takes about a second
-SMALL = {
-    "features": [4, 8, 16],
-    "crop_size": 32,
-    "locator_size": 32,
-    "locator_features": [4, 4, 8, 16, 32, 4],
-    "batch_size": 4,
-    "locator_batch_size": 4,
-    "train_max_side": 256,
-}
+SMALL = TINY_FUNDUS
 METRIC_KEYS = {
     "disc_dice",
     "cup_dice",
