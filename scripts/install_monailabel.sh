@@ -22,7 +22,7 @@ PIP=(--quiet --disable-pip-version-check --constraint scripts/monailabel-constra
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$MONAILABEL_VERSION" <<'PYCHECK' 2>/dev/null
 import sys
-import monailabel, torch, torchvision, pydicom  # noqa: F401
+import monailabel, torch, torchvision, pydicom, dcmqi  # noqa: F401
 from importlib.metadata import version
 assert version("monailabel") == sys.argv[1]
 assert int(pydicom.__version__.split(".")[0]) < 3
@@ -45,6 +45,8 @@ fi
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 # pydicom-seg (used by monailabel's DICOM datastore) needs pydicom<3, and the pynetdicom/dicomweb-client that go with it.
 "$VENV/bin/python" -m pip install "${PIP[@]}" "pydicom<3" "pynetdicom<3" "dicomweb-client<0.60"
+# dcmqi's itkimage2segimage: without it a DICOMweb datastore downloads the binaries from GitHub at server start.
+"$VENV/bin/python" -m pip install "${PIP[@]}" "dcmqi==1.5.7"
 "$VENV/bin/python" -c "import monailabel, monai, torch, torchvision, pydicom; print(f'installed in $VENV: monailabel \
 {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, \
 pydicom {pydicom.__version__}')"
