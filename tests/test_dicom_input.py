@@ -230,6 +230,26 @@ def test_read_series_file_order_does_not_matter(series_dir, tmp_path):
     assert np.array_equal(series.volume, volume)
 
 
+@pytest.mark.parametrize("tool, option, syntax", [
+    ("dcmcjpeg", "+e1", pydicom.uid.JPEGLosslessSV1),  # JPEG lossless, first-order prediction (.70)
+    ("dcmcjpeg", "+el", pydicom.uid.JPEGLossless),  # JPEG lossless, any predictor (.57)
+    ("dcmcjpls", "+el", pydicom.uid.JPEGLSLossless),  # JPEG-LS lossless (.80)
+])
+def test_read_series_lossless_compressed(series_dir, tmp_path, tool, option, syntax):
+    """Series a PACS stores compressed (here by DCMTK, as a PACS would) decode to the same voxels (python-gdcm)."""
+    folder, volume, affine = series_dir
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} (DCMTK) is not installed: `bash scripts/install_system.sh`")
+    compressed = tmp_path / "compressed"
+    compressed.mkdir()
+    for path in sorted(folder.glob("*.dcm")):
+        subprocess.run([tool, option, str(path), str(compressed / path.name)], check=True, capture_output=True)
+    assert pydicom.dcmread(next(compressed.glob("*.dcm"))).file_meta.TransferSyntaxUID == syntax
+    series = read_series(compressed)
+    assert np.array_equal(series.volume, read_series(folder).volume)
+    assert np.allclose(series.affine, affine, atol=1e-4)
+
+
 def test_read_series_pydicom_test_files():
     ct = read_series([get_testdata_file("CT_small.dcm")])
     assert ct.volume.shape == (128, 128, 1)
@@ -312,7 +332,7 @@ def test_error_unsupported_transfer_syntax(series_dir):
     folder, _, _ = series_dir
     path = sorted(folder.glob("*.dcm"))[1]
     ds = pydicom.dcmread(path)
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1  # no decoder installed for it here
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1  # a broken JPEG lossless stream
     ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64) + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
@@ -389,6 +409,12 @@ def test_photo_pydicom_colour_spaces():
         assert np.abs(rgb.astype(int) - reference).mean() < 3, name
 
 
+def test_photo_jpeg_lossless_decodes():
+    """JPEG lossless (1.2.840.10008.1.2.4.70, decoded by python-gdcm) gives the same pixels as RLE."""
+    rgb = read_photo(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))
+    assert np.array_equal(rgb, read_photo(get_testdata_file("SC_rgb_rle.dcm")))
+
+
 def test_photo_ybr_full_and_monochrome(tmp_path):
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, (16, 20, 3)).astype(np.uint8)
@@ -405,8 +431,12 @@ def test_photo_ybr_full_and_monochrome(tmp_path):
 def test_photo_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"test-SR\.dcm: not a photograph but a non-image object"):
         read_photo(get_testdata_file("test-SR.dcm"))
-    with pytest.raises(DatasetError, match=r"transfer syntax 1\.2\.840\.10008\.1\.2\.4\.70"):
-        read_photo(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))  # JPEG lossless: needs pylibjpeg or gdcm
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.HTJ2KLossless  # no decoder installed for HTJ2K
+    ds.save_as(tmp_path / "htj2k.dcm")
+    with pytest.raises(DatasetError, match=r"htj2k\.dcm: pixel data cannot be decoded \(transfer syntax "
+                                           r"1\.2\.840\.10008\.1\.2\.4\.201"):
+        read_photo(tmp_path / "htj2k.dcm")
     (tmp_path / "x.dcm").write_text("text")
     with pytest.raises(DatasetError, match="not a readable DICOM file"):
         read_photo(tmp_path / "x.dcm")

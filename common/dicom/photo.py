@@ -2,8 +2,9 @@
 
 Photometric interpretations RGB, YBR_FULL, YBR_FULL_422 (converted with pydicom's colour-space conversion) and
 MONOCHROME1/2 (replicated to three channels) are read, uncompressed or in any transfer syntax pydicom can decode
-here (JPEG baseline through Pillow; JPEG-LS/JPEG 2000/lossless JPEG need ``pylibjpeg`` or ``gdcm``, not installed:
-such files raise a :class:`~common.data.errors.DatasetError` naming the transfer syntax).
+here (JPEG baseline/JPEG 2000 through Pillow, JPEG-LS and lossless JPEG through python-gdcm; 12-bit JPEG extended
+and HTJ2K have no decoder installed: such files raise a :class:`~common.data.errors.DatasetError` naming the
+transfer syntax).
 
 :class:`DicomPhotoReader` is a MONAI ``ImageReader`` for ``LoadImaged``: ``.dcm`` files give the layout of
 ``monai.data.PILReader(reverse_indexing=False)`` (rows vertical), other files go to a ``PILReader``.
