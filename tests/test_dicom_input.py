@@ -250,6 +250,54 @@ def test_read_series_lossless_compressed(series_dir, tmp_path, tool, option, syn
     assert np.allclose(series.affine, affine, atol=1e-4)
 
 
+def _legacy_enhanced(series_folder: Path, out: Path) -> Path:
+    """The slices of ``series_folder`` as one Legacy Converted Enhanced MR multi-frame file (highdicom)."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    datasets = [pydicom.dcmread(p) for p in sorted(series_folder.glob("*.dcm"))]
+    image = LegacyConvertedEnhancedMRImage(datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=7,
+                                           sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    out.mkdir(parents=True)
+    image.save_as(out / "enhanced.dcm")
+    return out / "enhanced.dcm"
+
+
+def test_read_series_multiframe_enhanced_mr(series_dir, tmp_path):
+    """One multi-frame (enhanced) MR file gives the voxels and affine its single-frame slices give."""
+    folder, volume, affine = series_dir
+    path = _legacy_enhanced(folder, tmp_path / "enhanced")
+    assert int(pydicom.dcmread(path).NumberOfFrames) == volume.shape[2]
+    series = read_series(path.parent)
+    reference = read_series(folder)
+    assert np.array_equal(series.volume, reference.volume)
+    assert np.allclose(series.affine, reference.affine, atol=1e-4)
+    assert series.files == [path] and len(series.datasets) == 1
+    loaded = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(path.parent))
+    assert np.array_equal(np.asarray(loaded), reference.volume)
+
+
+def test_read_series_multiframe_errors(series_dir, tmp_path):
+    folder, _, _ = series_dir
+    path = _legacy_enhanced(folder, tmp_path / "enhanced")
+    ds = pydicom.dcmread(path)
+    position = ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence[0]
+    position.ImagePositionPatient = [float(v) + 7.0 for v in position.ImagePositionPatient]  # frame 4 off the stack
+    ds.save_as(tmp_path / "enhanced" / "enhanced.dcm")
+    with pytest.raises(DatasetError, match=r"enhanced\.dcm: the multi-frame image \(7 frames.*cannot be read as one "
+                                           r"regularly spaced volume"):
+        read_series(tmp_path / "enhanced")
+    shutil.copy(next(folder.glob("*.dcm")), tmp_path / "mixed.dcm")
+    both = [path, tmp_path / "mixed.dcm"]
+    ds = pydicom.dcmread(both[1])
+    ds.SeriesInstanceUID = pydicom.dcmread(path).SeriesInstanceUID
+    ds.save_as(both[1])
+    with pytest.raises(DatasetError, match=r"a multi-frame image together with 1 other file"):
+        read_series(both)
+    with pytest.raises(DatasetError, match=r"SC_rgb_rle_2frame\.dcm: multi-frame image \(2 frames, SOP class "
+                                           r"1\.2\.840\.10008\.5\.1\.4\.1\.1\.7\); supported are"):
+        read_series([get_testdata_file("SC_rgb_rle_2frame.dcm")])
+
+
 def test_read_series_pydicom_test_files():
     ct = read_series([get_testdata_file("CT_small.dcm")])
     assert ct.volume.shape == (128, 128, 1)

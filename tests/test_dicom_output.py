@@ -389,20 +389,41 @@ def test_mask_to_source_frames_photo(photo):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_handler_glioma_from_monai_loaded_series(mr, tmp_path):
-    """DICOM series -> MONAI load + RAS orientation -> the bundle's prediction writer -> SEG + SR in the source grid."""
+def _legacy_enhanced_mr(slices: list[pydicom.Dataset], folder: str) -> pydicom.Dataset:
+    """``slices`` as one Legacy Converted Enhanced MR multi-frame file in ``folder`` (highdicom)."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    image = LegacyConvertedEnhancedMRImage(list(slices), series_instance_uid=hd.UID(), series_number=7,
+                                           sop_instance_uid=hd.UID(), instance_number=1)
+    os.makedirs(folder)
+    image.save_as(os.path.join(folder, "enhanced.dcm"))
+    return pydicom.dcmread(os.path.join(folder, "enhanced.dcm"))
+
+
+@pytest.mark.parametrize("source", ["slices", "enhanced"])
+def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
+    """DICOM series -> MONAI load + RAS orientation -> the bundle's prediction writer -> SEG + SR in the source grid.
+
+    ``slices``: single-frame slices read by MONAI's PydicomReader; ``enhanced``: the same slices as one multi-frame
+    (Legacy Converted Enhanced MR) file, read by ``common.dicom.DicomSeriesReader``: the SEG has one frame per source
+    frame."""
     import torch
     from ignite.engine import Engine
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, LoadImaged, Orientationd, SelectItemsd
 
+    from common.dicom import DicomSeriesReader
     from common.handlers import SegClassPredictionWriter
     from common.handlers.dicom_results import DicomResultWriter
 
-    folder = os.path.dirname(mr[0].filename)
+    if source == "slices":
+        folder, reader = os.path.dirname(mr[0].filename), "PydicomReader"
+    else:
+        folder, reader = str(tmp_path / "enhanced"), DicomSeriesReader()
+        enhanced = _legacy_enhanced_mr(mr, folder)
     preprocessing = Compose(
         [
-            LoadImaged("image", reader="PydicomReader", image_only=True, ensure_channel_first=True),
+            LoadImaged("image", reader=reader, image_only=True, ensure_channel_first=True),
             Orientationd("image", axcodes="RAS"),
             SelectItemsd(["image", "case", "dicom_series"], allow_missing_keys=True),
         ]
@@ -431,11 +452,20 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path):
     assert_valid(seg_path)
     assert_valid(sr_path)
     seg = pydicom.dcmread(seg_path)
-    sources = sort_source_datasets(mr)
-    expected = np.stack([s.pixel_array > 500 for s in sources])
-    pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
-        source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
-    )
+    if source == "slices":
+        sources = sort_source_datasets(mr)
+        expected = np.stack([s.pixel_array > 500 for s in sources])
+        pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
+            source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
+        )
+    else:
+        expected = enhanced.pixel_array > 500  # (frames, rows, columns) in the file's frame order
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
+        pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_frame(
+            source_sop_instance_uid=enhanced.SOPInstanceUID,
+            source_frame_numbers=list(range(1, int(enhanced.NumberOfFrames) + 1)), combine_segments=True,
+        )
+    assert expected.any() and not expected.all()
     np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
     algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("glioma_seg_idh", version)

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-__all__ = ["has_geometry", "sort_source_datasets", "frame_positions", "mask_to_source_frames"]
+__all__ = [
+    "frame_planes",
+    "frame_positions",
+    "has_geometry",
+    "is_multiframe_volume",
+    "mask_to_source_frames",
+    "sort_source_datasets",
+]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -15,6 +22,46 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def has_geometry(ds: Dataset) -> bool:
     """Whether ``ds`` carries the image plane geometry (position, orientation and pixel spacing)."""
     return all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+
+
+def is_multiframe_volume(ds: Dataset) -> bool:
+    """Whether ``ds`` is a multi-frame image whose frames carry their plane geometry in functional groups
+    (Enhanced / Legacy Converted Enhanced MR and CT)."""
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _group_item(ds: Dataset, frame: Dataset, sequence: str) -> Dataset | None:
+    """The first item of functional group ``sequence`` for one frame: per-frame, else shared."""
+    for groups in (frame, ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]):
+        if sequence in groups and len(groups[sequence].value) > 0:
+            return groups[sequence][0]
+    return None
+
+
+def frame_planes(ds: Dataset) -> list[Dataset]:
+    """One small dataset per frame of a multi-frame volume (file frame order) with the plane attributes a single-frame
+    slice has: ImagePositionPatient, ImageOrientationPatient, PixelSpacing, Rows, Columns.
+
+    Raises:
+        ValueError: a frame lacks its position, orientation or pixel spacing.
+    """
+    planes = []
+    for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = _group_item(ds, frame, "PlanePositionSequence")
+        orientation = _group_item(ds, frame, "PlaneOrientationSequence")
+        measures = _group_item(ds, frame, "PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None or "PixelSpacing" not in measures:
+            raise ValueError(
+                f"frame {k + 1} of {ds.get('SOPInstanceUID', '?')} lacks its plane position, orientation or pixel "
+                "spacing (PlanePositionSequence, PlaneOrientationSequence, PixelMeasuresSequence)."
+            )
+        plane = Dataset()
+        plane.ImagePositionPatient = position.ImagePositionPatient
+        plane.ImageOrientationPatient = orientation.ImageOrientationPatient
+        plane.PixelSpacing = measures.PixelSpacing
+        plane.Rows, plane.Columns = ds.Rows, ds.Columns
+        planes.append(plane)
+    return planes
 
 
 def _normal(ds: Dataset) -> np.ndarray:
@@ -73,13 +120,16 @@ def mask_to_source_frames(
         source_datasets: the source images (any order).
 
     Returns:
-        ``(n_frames, Rows, Columns)`` array of ``mask``'s dtype, frames ordered as :func:`sort_source_datasets`.
+        ``(n_frames, Rows, Columns)`` array of ``mask``'s dtype, frames ordered as :func:`sort_source_datasets`
+        (for one multi-frame volume source: its frames in file order).
 
     Raises:
         ValueError: the mask's shape or the affine does not fit the source.
     """
     mask = np.asarray(mask)
     sources = sort_source_datasets(source_datasets)
+    if len(sources) == 1 and is_multiframe_volume(sources[0]):
+        sources = frame_planes(sources[0])  # one frame each, in the file's frame order (the SEG's frame order)
     first = sources[0]
     if not has_geometry(first):
         if mask.ndim == 3 and mask.shape[0] == 1:

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from common.dicom.codes import PRIVATE_SCHEME, SegmentCode, private_scheme_identification, segment_code
-from common.dicom.frames import has_geometry, sort_source_datasets
+from common.dicom.frames import has_geometry, is_multiframe_volume, sort_source_datasets
 
 __all__ = ["MANUFACTURER", "algorithm_identification", "segment_descriptions", "write_segmentation"]
 
@@ -131,6 +131,8 @@ def write_segmentation(
         raise ValueError("segments must name at least one segment.")
     sources = sort_source_datasets(source_datasets)
     n, rows, cols = len(sources), int(sources[0].Rows), int(sources[0].Columns)
+    if len(sources) == 1 and is_multiframe_volume(sources[0]):  # one enhanced MR/CT file: a frame per source frame
+        n = int(sources[0].NumberOfFrames)
     array = np.asarray(label_array)
     series = sources[0].get("SeriesInstanceUID", "?")
     if array.ndim == 3:
@@ -185,7 +187,7 @@ def write_segmentation(
     )
     if uses_private:  # declare the private coding scheme (SOP Common module)
         seg.CodingSchemeIdentificationSequence = [private_scheme_identification()]
-    if not has_geometry(sources[0]) and "PatientOrientation" not in seg:
+    if not has_geometry(sources[0]) and not is_multiframe_volume(sources[0]) and "PatientOrientation" not in seg:
         # General Image module, Type 2C: needed where the image has no plane geometry (photographs)
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

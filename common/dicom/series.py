@@ -6,10 +6,15 @@ coordinates, as MONAI's ``ITKReader``/``PydicomReader`` (``affine_lps_to_ras=Tru
 normal (``ImagePositionPatient . (row cosine x column cosine)``), not by file name or InstanceNumber.
 
 Problems raise one :class:`~common.data.errors.DatasetError` naming the series folder (and the file where one is to
-blame): empty folder, DICOM files of several series, non-image objects (SR, SEG, ...), multi-frame images, mixed
-orientations or in-plane geometry, duplicated slices, missing slices (a gap > 1.5 x the median spacing), otherwise
-inconsistent spacing, pixel data that cannot be decoded (the transfer syntax UID is named), NaN/infinite voxels.
+blame): empty folder, DICOM files of several series, non-image objects (SR, SEG, ...), multi-frame images other than
+one enhanced MR/CT volume, mixed orientations or in-plane geometry, duplicated slices, missing slices (a gap > 1.5 x
+the median spacing), otherwise inconsistent spacing, pixel data that cannot be decoded (the transfer syntax UID is
+named), NaN/infinite voxels.
 Files that are not DICOM at all (``README.txt``, ``.DS_Store``, a DICOMDIR) are skipped with a logged warning.
+
+A series may also be one multi-frame file of an Enhanced or Legacy Converted Enhanced MR/CT image (what current
+scanners export): its frames are placed by their per-frame positions with highdicom and must form one regularly
+spaced stack (several stacks, time points or b-values in one file are an error naming the file).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from monai.data import ImageReader, NibabelReader
@@ -34,6 +40,7 @@ from common.data.errors import DatasetError
 __all__ = [
     "DicomSeries",
     "DicomSeriesReader",
+    "MULTIFRAME_VOLUME_SOP_CLASSES",
     "NON_IMAGE_SOP_CLASSES",
     "list_dicom_files",
     "read_series",
@@ -56,6 +63,14 @@ NON_IMAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
     "1.2.840.10008.1.3.10": "Media Storage Directory (DICOMDIR)",
+}
+
+#: Multi-frame SOP classes read as one volume (frames placed by their per-frame functional groups).
+MULTIFRAME_VOLUME_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image",
 }
 
 # Tolerances: direction cosines, in-plane spacing (relative), slice positions (relative to the median spacing).
@@ -134,8 +149,18 @@ def _check_one_image_series(files: list[tuple[Path, Dataset]], folder: Path) -> 
             kind = NON_IMAGE_SOP_CLASSES.get(sop_class, f"SOP class {sop_class or 'unknown'} without pixel data")
             raise DatasetError(f"{_where(folder)}, file {path}: a non-image object ({kind}) in an image series folder.")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise DatasetError(f"{_where(folder)}, file {path}: multi-frame image ({ds.NumberOfFrames} frames, "
-                               f"SOP class {sop_class}); only single-frame MR/CT slices are supported.")
+            if sop_class not in MULTIFRAME_VOLUME_SOP_CLASSES:
+                raise DatasetError(
+                    f"{_where(folder)}, file {path}: multi-frame image ({ds.NumberOfFrames} frames, SOP class "
+                    f"{sop_class}); supported are single-frame MR/CT slices and one multi-frame "
+                    f"{' / '.join(MULTIFRAME_VOLUME_SOP_CLASSES.values())} file per series."
+                )
+            if len(files) > 1:
+                raise DatasetError(
+                    f"{_where(folder)}, file {path}: a multi-frame image together with {len(files) - 1} other file(s) "
+                    "of the same series; expected one multi-frame file or single-frame slices only."
+                )
+            continue
         for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if tag not in ds or ds[tag].VM == 0:
                 raise DatasetError(f"{_where(folder)}, file {path}: missing {tag}; not a cross-sectional image slice.")
@@ -290,6 +315,8 @@ def read_series(source: str | PathLike | Sequence[str | PathLike]) -> DicomSerie
     """
     files, folder = list_dicom_files(source)
     _check_one_image_series(files, folder)
+    if int(files[0][1].get("NumberOfFrames", 1) or 1) > 1:
+        return _read_multiframe(files[0][0], folder)
     files, affine = series_geometry(files, folder)
     slices, headers = [], []
     for path, _ in files:
@@ -301,6 +328,29 @@ def read_series(source: str | PathLike | Sequence[str | PathLike]) -> DicomSerie
         bad = int(np.flatnonzero(~np.isfinite(volume).all(axis=(0, 1)))[0])
         raise DatasetError(f"{_where(folder)}, file {files[bad][0]}: NaN or infinite voxel values.")
     return DicomSeries(np.ascontiguousarray(volume), affine, headers, [p for p, _ in files], folder)
+
+
+def _read_multiframe(path: Path, folder: Path | None) -> DicomSeries:
+    """One enhanced MR/CT multi-frame image as a volume, frames sorted along the slice normal as for slices."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    syntax = header.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(header, "file_meta") else "unknown"
+    try:
+        # modality rescale as for single-frame slices; real-world value maps (MR) are not applied
+        volume = hd.imread(str(path)).get_volume(dtype=np.float32, apply_real_world_transform=False)
+    except Exception as err:  # highdicom raises ValueError/RuntimeError; pydicom's decoders several kinds
+        raise DatasetError(
+            f"{_where(folder)}, file {path}: the multi-frame image ({header.get('NumberOfFrames')} frames, transfer "
+            f"syntax {syntax}) cannot be read as one regularly spaced volume: {err}"
+        ) from err
+    array = volume.array.transpose(2, 1, 0)  # (slices, rows, columns) -> (X = columns, Y = rows, Z = slices)
+    lps = volume.affine[:, [2, 1, 0, 3]]
+    if np.dot(lps[:3, 2], np.cross(lps[:3, 0], lps[:3, 1])) < 0:  # highdicom may stack the other way round
+        array = array[:, :, ::-1]
+        lps[:3, 3] += lps[:3, 2] * (array.shape[2] - 1)
+        lps[:3, 2] *= -1
+    if not np.all(np.isfinite(array)):
+        raise DatasetError(f"{_where(folder)}, file {path}: NaN or infinite voxel values.")
+    return DicomSeries(np.ascontiguousarray(array), _LPS_TO_RAS @ lps, [header], [path], folder)
 
 
 class _DeferredError:

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from common.dicom.codes import MeasurementCode, measurement_code, private_scheme_identification
-from common.dicom.frames import has_geometry, sort_source_datasets
+from common.dicom.frames import has_geometry, is_multiframe_volume, sort_source_datasets
 from common.dicom.seg import MANUFACTURER
 
 __all__ = ["procedure_code", "write_measurement_report"]
@@ -151,7 +151,7 @@ def write_measurement_report(
             )
     if segment_measurements:
         numbers = _segment_numbers(segmentation)
-        volumetric = has_geometry(sources[0])
+        volumetric = has_geometry(sources[0]) or is_multiframe_volume(sources[0])
         for label, values in segment_measurements.items():
             if label not in numbers:
                 raise ValueError(
@@ -185,7 +185,9 @@ def write_measurement_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure or procedure_code(sources[0]),
         imaging_measurements=groups,
-        referenced_images=sources,
+        # highdicom 0.28.2 describes image library entries from top-level plane attributes, which a multi-frame
+        # (enhanced) image keeps in functional groups: such a source is referenced in the evidence and by series only
+        referenced_images=[ds for ds in sources if not is_multiframe_volume(ds)] or None,
     )
     evidence = list(sources) + ([segmentation] if segmentation is not None else [])
     sr = hd.sr.Comprehensive3DSR(
