@@ -1,4 +1,5 @@
-"""Tiny synthetic DICOM sources for the DICOM output tests: a 3-D MR series and a colour fundus photograph.
+"""Tiny synthetic DICOM sources for the DICOM tests: a 3-D MR series, a colour fundus photograph, and a series
+re-encoded as one enhanced (multi-frame) MR image.
 
 The objects are written with pydicom and pass ``dciodvfy`` with 0 errors. The integrator may swap them for the
 DICOM input converter's output.
@@ -10,10 +11,11 @@ import datetime
 import os
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["MR_SHAPE", "write_mr_series", "write_fundus_photo"]
+__all__ = ["MR_SHAPE", "write_enhanced_mr", "write_mr_series", "write_fundus_photo"]
 
 MR_SHAPE = (8, 32, 32)  # slices, rows, columns
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -146,3 +148,16 @@ def write_fundus_photo(path: str, size: tuple[int, int] = (48, 64), seed: int = 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     _write(ds, path)
     return path
+
+
+def write_enhanced_mr(slice_files: list[str], path: str, series_number: int = 7) -> pydicom.Dataset:
+    """The single-frame MR slices ``slice_files`` as one Legacy Converted Enhanced MR multi-frame image at ``path``
+    (highdicom's converter; a new series of the same study); returns it as read back."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    image = LegacyConvertedEnhancedMRImage([pydicom.dcmread(f) for f in slice_files],
+                                           series_instance_uid=generate_uid(), series_number=series_number,
+                                           sop_instance_uid=generate_uid(), instance_number=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save_as(path)
+    return pydicom.dcmread(path)

@@ -21,6 +21,8 @@ from common.data import generate_brats_like
 from common.data.errors import DatasetError
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
 from tests.bundle_cli import TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
+from tests.dicom_sources import write_enhanced_mr
+from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
 
 
 def _unlabelled_pair(data_dir: Path, dst: Path) -> tuple[str, str]:
@@ -44,11 +46,29 @@ def test_glioma_seg_idh_inference_on_dicom_study(tmp_path):
                {"dataset_dir": str(data), "bundle_root": str(root), "epochs": 1, "val_interval": 1, **small})
     unlabelled = tmp_path / "unlabelled"
     nifti, dicom = _unlabelled_pair(data, unlabelled)
+    # the same study with every series as one enhanced (multi-frame) MR image, as current scanners export it
+    enhanced = f"{nifti}_enhanced"
+    for series in sorted(p for p in (unlabelled / dicom).iterdir() if p.is_dir()):
+        write_enhanced_mr(sorted(series.glob("*.dcm")), unlabelled / enhanced / series.name / "enhanced.dcm")
     out = tmp_path / "pred"
     run_bundle("glioma_seg_idh", "inference.json",
-               {"dataset_dir": str(unlabelled), "bundle_root": str(root), "output_dir": str(out), **small})
+               {"dataset_dir": str(unlabelled), "bundle_root": str(root), "output_dir": str(out), "dicom_output": True,
+                **small})
     rows = {r["case"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
-    assert set(rows) == {nifti, dicom}
+    assert set(rows) == {nifti, dicom, enhanced}
+    # enhanced = same voxels and geometry as the single-frame series: identical results
+    assert rows[enhanced]["idh_probability"] == rows[dicom]["idh_probability"]
+    from_enhanced = nib.load(out / enhanced / f"{enhanced}_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(from_enhanced.dataobj),
+                                  np.asarray(nib.load(out / dicom / f"{dicom}_seg.nii.gz").dataobj))
+    t1_enhanced = pydicom.dcmread(unlabelled / enhanced / "t1" / "enhanced.dcm")
+    seg = pydicom.dcmread(out / enhanced / "seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t1_enhanced.SeriesInstanceUID
+    assert int(seg.NumberOfFrames) <= int(t1_enhanced.NumberOfFrames)  # empty frames are omitted
+    for case in (dicom, enhanced):
+        for name in ("seg.dcm", "sr.dcm"):
+            if DCIODVFY is not None:
+                assert dciodvfy_errors(str(out / case / name)) == [], dciodvfy_report(str(out / case / name))
     from_nifti = nib.load(out / nifti / f"{nifti}_seg.nii.gz")
     from_dicom = nib.load(out / dicom / f"{dicom}_seg.nii.gz")
     source = read_series(unlabelled / dicom / "t1")  # the first configured modality: the SEG's reference

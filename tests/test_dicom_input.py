@@ -38,6 +38,7 @@ from common.dicom import (
     write_mr_series,
     write_photo,
 )
+from tests.dicom_sources import write_enhanced_mr
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data"
@@ -250,23 +251,11 @@ def test_read_series_lossless_compressed(series_dir, tmp_path, tool, option, syn
     assert np.allclose(series.affine, affine, atol=1e-4)
 
 
-def _legacy_enhanced(series_folder: Path, out: Path) -> Path:
-    """The slices of ``series_folder`` as one Legacy Converted Enhanced MR multi-frame file (highdicom)."""
-    from highdicom.legacy import LegacyConvertedEnhancedMRImage
-
-    datasets = [pydicom.dcmread(p) for p in sorted(series_folder.glob("*.dcm"))]
-    image = LegacyConvertedEnhancedMRImage(datasets, series_instance_uid=pydicom.uid.generate_uid(), series_number=7,
-                                           sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
-    out.mkdir(parents=True)
-    image.save_as(out / "enhanced.dcm")
-    return out / "enhanced.dcm"
-
-
 def test_read_series_multiframe_enhanced_mr(series_dir, tmp_path):
     """One multi-frame (enhanced) MR file gives the voxels and affine its single-frame slices give."""
     folder, volume, affine = series_dir
-    path = _legacy_enhanced(folder, tmp_path / "enhanced")
-    assert int(pydicom.dcmread(path).NumberOfFrames) == volume.shape[2]
+    path = tmp_path / "enhanced" / "enhanced.dcm"
+    assert int(write_enhanced_mr(sorted(folder.glob("*.dcm")), path).NumberOfFrames) == volume.shape[2]
     series = read_series(path.parent)
     reference = read_series(folder)
     assert np.array_equal(series.volume, reference.volume)
@@ -278,8 +267,8 @@ def test_read_series_multiframe_enhanced_mr(series_dir, tmp_path):
 
 def test_read_series_multiframe_errors(series_dir, tmp_path):
     folder, _, _ = series_dir
-    path = _legacy_enhanced(folder, tmp_path / "enhanced")
-    ds = pydicom.dcmread(path)
+    path = tmp_path / "enhanced" / "enhanced.dcm"
+    ds = write_enhanced_mr(sorted(folder.glob("*.dcm")), path)
     position = ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence[0]
     position.ImagePositionPatient = [float(v) + 7.0 for v in position.ImagePositionPatient]  # frame 4 off the stack
     ds.save_as(tmp_path / "enhanced" / "enhanced.dcm")

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from dicom_sources import MR_SHAPE, write_fundus_photo, write_mr_series  # noqa: E402
+from dicom_sources import MR_SHAPE, write_enhanced_mr, write_fundus_photo, write_mr_series  # noqa: E402
 from dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report  # noqa: E402
 
 from common.dicom.codes import PRIVATE_SCHEME, measurement_code, segment_code  # noqa: E402
@@ -389,17 +389,6 @@ def test_mask_to_source_frames_photo(photo):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _legacy_enhanced_mr(slices: list[pydicom.Dataset], folder: str) -> pydicom.Dataset:
-    """``slices`` as one Legacy Converted Enhanced MR multi-frame file in ``folder`` (highdicom)."""
-    from highdicom.legacy import LegacyConvertedEnhancedMRImage
-
-    image = LegacyConvertedEnhancedMRImage(list(slices), series_instance_uid=hd.UID(), series_number=7,
-                                           sop_instance_uid=hd.UID(), instance_number=1)
-    os.makedirs(folder)
-    image.save_as(os.path.join(folder, "enhanced.dcm"))
-    return pydicom.dcmread(os.path.join(folder, "enhanced.dcm"))
-
-
 @pytest.mark.parametrize("source", ["slices", "enhanced"])
 def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     """DICOM series -> MONAI load + RAS orientation -> the bundle's prediction writer -> SEG + SR in the source grid.
@@ -420,7 +409,7 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
         folder, reader = os.path.dirname(mr[0].filename), "PydicomReader"
     else:
         folder, reader = str(tmp_path / "enhanced"), DicomSeriesReader()
-        enhanced = _legacy_enhanced_mr(mr, folder)
+        enhanced = write_enhanced_mr([ds.filename for ds in mr], os.path.join(folder, "enhanced.dcm"))
     preprocessing = Compose(
         [
             LoadImaged("image", reader=reader, image_only=True, ensure_channel_first=True),
