@@ -224,3 +224,34 @@ def test_attach_case_labels(tmp_path: Path):
         DatasetError, match=r"case 'c', file .*labels.csv: row 4: idh_status='IDH1-R132H' is not one of"
     ):
         attach_case_labels(datalist, path, "idh_status", mapping, key="idh")
+
+
+def _two_blobs() -> torch.Tensor:
+    """Logits (1, 1, 12, 12, 4): a large blob of modest confidence and a small one the network is surer of."""
+    logits = torch.full((1, 1, 12, 12, 4), -5.0)
+    logits[0, 0, 0:6, 0:6, :] = 1.0  # 144 voxels, peak logit 1
+    logits[0, 0, 9:11, 9:11, 1:3] = 4.0  # 8 voxels, peak logit 4
+    return logits
+
+
+def test_keep_one_component_peak_and_size():
+    from common.transforms import KeepOneComponentLogits, keep_largest_component_logits
+
+    logits = _two_blobs()
+    peak = KeepOneComponentLogits("peak")(logits)
+    assert (peak[0, 0, 9:11, 9:11, 1:3] == 4.0).all() and (peak[0, 0, 0:6, 0:6] == -20.0).all()
+    size = KeepOneComponentLogits("size")(logits)
+    assert (size[0, 0, 0:6, 0:6] == 1.0).all() and (size[0, 0, 9:11, 9:11, 1:3] == -20.0).all()
+    assert torch.equal(keep_largest_component_logits(logits), size)
+    # voxels below the threshold are untouched; an empty mask is returned as it is
+    assert (peak[logits < 0] == logits[logits < 0]).all()
+    empty = torch.full((2, 3, 4, 4, 2), -3.0)
+    assert torch.equal(KeepOneComponentLogits()(empty), empty)
+    # diagonal neighbours are one component (full connectivity, as MONAI's KeepLargestConnectedComponent)
+    diagonal = torch.full((1, 1, 4, 4, 1), -5.0)
+    diagonal[0, 0, 0, 0, 0], diagonal[0, 0, 1, 1, 0] = 2.0, 3.0
+    assert torch.equal(KeepOneComponentLogits("size")(diagonal), diagonal)
+    with pytest.raises(ValueError, match="rank"):
+        KeepOneComponentLogits("mean")
+    with pytest.raises(ValueError, match="threshold"):
+        KeepOneComponentLogits("peak", threshold=1.5)

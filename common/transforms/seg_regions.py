@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import KeepLargestConnectedComponent, MapTransform
+from monai.transforms import MapTransform
+from scipy import ndimage
 
-__all__ = ["SegRegionsd", "keep_largest_component_logits", "regions_to_label_map"]
+__all__ = ["KeepOneComponentLogits", "SegRegionsd", "keep_largest_component_logits", "regions_to_label_map"]
 
 
 def _check_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
@@ -68,20 +70,53 @@ def regions_to_label_map(masks: torch.Tensor) -> torch.Tensor:
     return (masks * index).amax(dim=0).to(torch.uint8)
 
 
-def keep_largest_component_logits(logits: torch.Tensor, threshold: float = 0.5, floor: float = -20.0) -> torch.Tensor:
-    """Post-process sigmoid segmentation logits ``(B, R, *spatial)``: in each case and region, voxels outside the
-    largest connected component of the thresholded mask get logit ``min(logit, floor)`` (probability ~0).
+class KeepOneComponentLogits:
+    """Post-process sigmoid segmentation logits ``(B, R, *spatial)``: in each case and region, keep one connected
+    component of the thresholded mask; voxels of the others get logit ``min(logit, floor)`` (probability ~0).
 
-    Stray false-positive blobs away from the tumour lower per-case Dice; Buda et al. (2019) post-process TCGA-LGG
-    the same way. Regions are processed independently (e.g. BraTS wt, tc, et each keep one component).
+    Stray false-positive blobs away from the tumour lower per-case Dice; Buda et al. (2019) post-process TCGA-LGG by
+    keeping the largest component. ``rank="peak"`` keeps the component holding the highest logit instead (the one
+    the network is surest of; ties go to the larger): on TCGA-LGG a large hyperintense false positive can outsize a
+    small tumour that the network marks with higher confidence (docs of glioma_seg_idh). Regions are processed
+    independently (e.g. BraTS wt, tc, et each keep one component).
+
+    Args:
+        rank: ``"peak"`` (highest logit) or ``"size"`` (most voxels).
+        threshold: probability threshold of the mask.
+        floor: logit given to removed voxels.
     """
-    if logits.numel() == 0:
-        return logits
-    mask = torch.sigmoid(logits.float()) >= threshold
-    keep = torch.zeros_like(mask)
-    largest = KeepLargestConnectedComponent(is_onehot=False, independent=True, connectivity=None)
-    for b in range(mask.shape[0]):
-        for r in range(mask.shape[1]):
-            if bool(mask[b, r].any()):
-                keep[b, r] = torch.as_tensor(largest(mask[b, r][None].to(torch.uint8)))[0] > 0
-    return torch.where(mask & ~keep, torch.clamp(logits, max=floor), logits)
+
+    def __init__(self, rank: str = "peak", threshold: float = 0.5, floor: float = -20.0) -> None:
+        if rank not in ("peak", "size"):
+            raise ValueError(f"rank must be 'peak' or 'size', got '{rank}'.")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        self.rank, self.threshold, self.floor = rank, threshold, floor
+
+    def _keep(self, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        labels, n = ndimage.label(mask.cpu().numpy(), structure=np.ones((3,) * mask.ndim))  # face/edge/corner
+        if n <= 1:
+            return mask
+        index = np.arange(1, n + 1)
+        size = ndimage.sum_labels(np.ones_like(labels), labels, index)
+        if self.rank == "size":
+            best = int(np.argmax(size)) + 1
+        else:
+            peak = ndimage.maximum(logits.detach().float().cpu().numpy(), labels, index)
+            best = int(np.lexsort((size, peak))[-1]) + 1  # highest peak, then most voxels
+        return torch.as_tensor(labels == best, device=mask.device)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.numel() == 0:
+            return logits
+        mask = torch.sigmoid(logits.float()) >= self.threshold
+        keep = torch.zeros_like(mask)
+        for b in range(mask.shape[0]):
+            for r in range(mask.shape[1]):
+                keep[b, r] = self._keep(mask[b, r], logits[b, r])
+        return torch.where(mask & ~keep, torch.clamp(logits, max=self.floor), logits)
+
+
+def keep_largest_component_logits(logits: torch.Tensor, threshold: float = 0.5, floor: float = -20.0) -> torch.Tensor:
+    """:class:`KeepOneComponentLogits` with ``rank="size"``: keep the largest connected component."""
+    return KeepOneComponentLogits("size", threshold, floor)(logits)
