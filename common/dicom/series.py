@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from monai.data import ImageReader, NibabelReader
@@ -332,6 +331,8 @@ def read_series(source: str | PathLike | Sequence[str | PathLike]) -> DicomSerie
 
 def _read_multiframe(path: Path, folder: Path | None) -> DicomSeries:
     """One enhanced MR/CT multi-frame image as a volume, frames sorted along the slice normal as for slices."""
+    import highdicom as hd  # here, not at the top: MONAI Label's environment ships common/ without highdicom
+
     header = pydicom.dcmread(path, stop_before_pixels=True)
     syntax = header.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(header, "file_meta") else "unknown"
     try:
