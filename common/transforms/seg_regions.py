@@ -10,6 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.transforms.utils import get_largest_connected_component_mask
 from scipy import ndimage
 
 __all__ = ["KeepOneComponentLogits", "SegRegionsd", "keep_largest_component_logits", "regions_to_label_map"]
@@ -94,16 +95,14 @@ class KeepOneComponentLogits:
         self.rank, self.threshold, self.floor = rank, threshold, floor
 
     def _keep(self, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        labels, n = ndimage.label(mask.cpu().numpy(), structure=np.ones((3,) * mask.ndim))  # face/edge/corner
+        if self.rank == "size":
+            return get_largest_connected_component_mask(mask, connectivity=None) > 0
+        labels, n = ndimage.label(mask.cpu().numpy(), structure=np.ones((3,) * mask.ndim))  # full connectivity
         if n <= 1:
             return mask
-        index = np.arange(1, n + 1)
-        size = ndimage.sum_labels(np.ones_like(labels), labels, index)
-        if self.rank == "size":
-            best = int(np.argmax(size)) + 1
-        else:
-            peak = ndimage.maximum(logits.detach().float().cpu().numpy(), labels, index)
-            best = int(np.lexsort((size, peak))[-1]) + 1  # highest peak, then most voxels
+        size = np.bincount(labels.ravel())[1:]
+        peak = ndimage.maximum(logits.detach().float().cpu().numpy(), labels, np.arange(1, n + 1))
+        best = int(np.lexsort((size, peak))[-1]) + 1  # highest peak, then most voxels
         return torch.as_tensor(labels == best, device=mask.device)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
