@@ -2,7 +2,7 @@
 
 Start (in .venv-monailabel, see docs/monailabel.md)::
 
-    monailabel start_server --app monailabel_app --studies <folder> --conf models glioma_seg_idh,fundus_glaucoma \
+    monailabel start_server --app monailabel_app --studies <folder> --conf models <bundle>,<bundle> \
         --host 127.0.0.1 --port 8000
 
 Conf keys: ``models``: comma-separated bundle names (default: every bundle folder found); ``bundles``: the folder
@@ -57,6 +57,6 @@ class MyApp(MONAILabelApp):
             task = BundleEvaluatorInferTask(os.path.join(self.bundles_dir, name))
             if not task.is_valid():
                 raise ValueError(f"bundle {name}: {task.get_path()} is missing.")
-            logger.info(f"+++ Adding Inferer:: {name} ({task.kind}) => {task.bundle_dir}")
+            logger.info(f"+++ Adding Inferer:: {name} ({task.type}, {task.segment_names}) => {task.bundle_dir}")
             infers[name] = task
         return infers

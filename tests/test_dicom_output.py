@@ -17,10 +17,30 @@ sys.path.insert(0, os.path.dirname(__file__))
 from dicom_sources import MR_SHAPE, write_enhanced_mr, write_fundus_photo, write_mr_series  # noqa: E402
 from dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report  # noqa: E402
 
-from common.dicom.codes import PRIVATE_SCHEME, measurement_code, segment_code  # noqa: E402
+from common.dicom.codes import (  # noqa: E402
+    PRIVATE_SCHEME,
+    measurement_code,
+    measurement_codes,
+    segment_code,
+    segment_codes,
+)
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets  # noqa: E402
 from common.dicom.seg import write_segmentation  # noqa: E402
 from common.dicom.sr import write_measurement_report  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bundle_codes(bundle: str) -> dict:
+    """A bundle's ``dicom_codes`` (its inference.json): the codes of its segments and measurements."""
+    with open(os.path.join(REPO, "bundles", bundle, "configs", "inference.json")) as f:
+        return json.load(f)["dicom_codes"]
+
+
+_ALL = [bundle_codes(b) for b in ("glioma_seg_idh", "fundus_glaucoma", "cmr_fundus", "brats_mtl")]
+SEG_TABLE = segment_codes({k: v for c in _ALL for k, v in c.get("segments", {}).items()})
+SEG_TABLE.update({"disc": SEG_TABLE["optic_disc"], "cup": SEG_TABLE["optic_cup"]})
+M_TABLE = measurement_codes({k: v for c in _ALL for k, v in c.get("measurements", {}).items()})
 
 needs_dciodvfy = pytest.mark.skipif(
     DCIODVFY is None, reason="dciodvfy (dicom3tools) is not on PATH: scripts/install_system.sh installs it"
@@ -104,7 +124,7 @@ def test_fixture_sources_are_valid(mr, photo, tmp_path):
 def test_seg_series(mr, tmp_path):
     out = str(tmp_path / "seg.dcm")
     lab = tumour_labels()
-    write_segmentation(mr, lab, ["tumour", "et"], "glioma_seg_idh", "0.1.0", out)
+    write_segmentation(mr, lab, ["tumour", "et"], "glioma_seg_idh", "0.1.0", out, segment_table=SEG_TABLE)
     assert_valid(out)
     ds = pydicom.dcmread(out)
     assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
@@ -132,7 +152,9 @@ def test_seg_series(mr, tmp_path):
 
 def test_seg_empty_segment_and_single_segment(mr, tmp_path):
     out = str(tmp_path / "seg_empty.dcm")
-    write_segmentation(mr, np.zeros(MR_SHAPE, np.uint8), ["flair_abnormality"], "glioma_seg_idh", "0.1.0", out)
+    write_segmentation(
+        mr, np.zeros(MR_SHAPE, np.uint8), ["flair_abnormality"], "glioma_seg_idh", "0.1.0", out, segment_table=SEG_TABLE
+    )
     assert_valid(out)
     ds = pydicom.dcmread(out)
     assert len(ds.SegmentSequence) == 1
@@ -143,7 +165,7 @@ def test_seg_fractional(mr, tmp_path):
     out = str(tmp_path / "seg_frac.dcm")
     prob = np.zeros((*MR_SHAPE, 1), np.float32)
     prob[2:5, 10:20, 10:20, 0] = 0.75
-    write_segmentation(mr, prob, ["tumour"], "glioma_seg_idh", "0.1.0", out, fractional=True)
+    write_segmentation(mr, prob, ["tumour"], "glioma_seg_idh", "0.1.0", out, fractional=True, segment_table=SEG_TABLE)
     assert_valid(out)
     ds = pydicom.dcmread(out)
     assert ds.SegmentationType == "FRACTIONAL" and ds.SegmentationFractionalType == "PROBABILITY"
@@ -156,7 +178,7 @@ def test_seg_photo(photo, tmp_path):
     masks = np.zeros((1, photo.Rows, photo.Columns, 2), bool)
     masks[0, 16:32, 20:44, 0] = True
     masks[0, 20:28, 26:36, 1] = True
-    write_segmentation([photo], masks, ["disc", "cup"], "fundus_glaucoma", "0.2.0", out)
+    write_segmentation([photo], masks, ["disc", "cup"], "fundus_glaucoma", "0.2.0", out, segment_table=SEG_TABLE)
     assert_valid(out)
     ds = pydicom.dcmread(out)
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == photo.SeriesInstanceUID
@@ -171,9 +193,13 @@ def test_seg_photo(photo, tmp_path):
 
 def test_seg_bad_input(mr):
     with pytest.raises(ValueError, match="label_array shape"):
-        write_segmentation(mr, np.zeros((3, 32, 32), np.uint8), ["tumour"], "b", "1", "/nonexistent/x.dcm")
+        write_segmentation(
+            mr, np.zeros((3, 32, 32), np.uint8), ["tumour"], "b", "1", "/nonexistent/x.dcm", segment_table=SEG_TABLE
+        )
     with pytest.raises(ValueError, match="values must be in"):
-        write_segmentation(mr, np.full(MR_SHAPE, 3, np.uint8), ["tumour"], "b", "1", "/nonexistent/x.dcm")
+        write_segmentation(
+            mr, np.full(MR_SHAPE, 3, np.uint8), ["tumour"], "b", "1", "/nonexistent/x.dcm", segment_table=SEG_TABLE
+        )
     with pytest.raises(ValueError, match="has no codes"):
         segment_code("spleen tumour")
 
@@ -183,7 +209,9 @@ def test_seg_bad_input(mr):
 
 def test_sr_with_segment_volumes(mr, tmp_path):
     seg_path, sr_path = str(tmp_path / "seg.dcm"), str(tmp_path / "sr.dcm")
-    seg = write_segmentation(mr, tumour_labels(), ["tumour", "et"], "glioma_seg_idh", "0.1.0", seg_path)
+    seg = write_segmentation(
+        mr, tumour_labels(), ["tumour", "et"], "glioma_seg_idh", "0.1.0", seg_path, segment_table=SEG_TABLE
+    )
     write_measurement_report(
         mr,
         sr_path,
@@ -192,6 +220,7 @@ def test_sr_with_segment_volumes(mr, tmp_path):
         measurements={"idh_probability": 0.7345678912},
         segmentation=seg,
         segment_measurements={"tumour": {"volume": 1234.5678}, "et": {"volume": 39.6}},
+        measurement_table=M_TABLE,
     )
     assert_valid(sr_path)
     ds = pydicom.dcmread(sr_path)
@@ -238,11 +267,23 @@ def test_sr_with_segment_volumes(mr, tmp_path):
 
 def test_sr_single_segment_seg(mr, tmp_path):
     seg = write_segmentation(
-        mr, np.zeros(MR_SHAPE, np.uint8), ["tumour"], "glioma_seg_idh", "0.1.0", str(tmp_path / "s.dcm")
+        mr,
+        np.zeros(MR_SHAPE, np.uint8),
+        ["tumour"],
+        "glioma_seg_idh",
+        "0.1.0",
+        str(tmp_path / "s.dcm"),
+        segment_table=SEG_TABLE,
     )
     out = str(tmp_path / "sr.dcm")
     write_measurement_report(
-        mr, out, "glioma_seg_idh", "0.1.0", segmentation=seg, segment_measurements={"tumour": {"volume": 0.0}}
+        mr,
+        out,
+        "glioma_seg_idh",
+        "0.1.0",
+        segmentation=seg,
+        segment_measurements={"tumour": {"volume": 0.0}},
+        measurement_table=M_TABLE,
     )
     assert_valid(out)
     assert num_values(pydicom.dcmread(out))["118565006"] == (0.0, "mm3")
@@ -262,7 +303,7 @@ def test_sr_regression_values_and_units(photo, tmp_path):
         "waist": 88.0,
     }
     out = str(tmp_path / "sr_factors.dcm")
-    write_measurement_report([photo], out, "cmr_fundus", "0.1.0", measurements=values)
+    write_measurement_report([photo], out, "cmr_fundus", "0.1.0", measurements=values, measurement_table=M_TABLE)
     assert_valid(out)
     got = num_values(pydicom.dcmread(out))
     expected_codes = {"age": ("30525-0", "a"), "sbp": ("8480-6", "mm[Hg]"), "dbp": ("8462-4", "mm[Hg]")}
@@ -280,7 +321,9 @@ def test_sr_regression_values_and_units(photo, tmp_path):
 def test_sr_photo_with_seg_reference(photo, tmp_path):
     masks = np.zeros((1, photo.Rows, photo.Columns, 2), bool)
     masks[0, 16:32, 20:44, 0] = True  # the cup segment is empty: its SEG has no frame for it
-    seg = write_segmentation([photo], masks, ["disc", "cup"], "fundus_glaucoma", "0.2.0", str(tmp_path / "seg.dcm"))
+    seg = write_segmentation(
+        [photo], masks, ["disc", "cup"], "fundus_glaucoma", "0.2.0", str(tmp_path / "seg.dcm"), segment_table=SEG_TABLE
+    )
     out = str(tmp_path / "sr.dcm")
     write_measurement_report(
         [photo],
@@ -290,6 +333,7 @@ def test_sr_photo_with_seg_reference(photo, tmp_path):
         measurements={"glaucoma_probability": 0.4321},
         segmentation=seg,
         segment_measurements={"disc": {"vcdr": 0.55}},
+        measurement_table=M_TABLE,
     )
     assert_valid(out)
     ds = pydicom.dcmread(out)
@@ -310,6 +354,7 @@ def test_sr_per_image_findings(mr, tmp_path):
         "brats_mtl",
         "0.1.0",
         image_measurements=[(s, {"tumour_probability": k / 10}) for k, s in enumerate(sources)],
+        measurement_table=M_TABLE,
     )
     assert_valid(out)
     ds = pydicom.dcmread(out)
@@ -324,9 +369,16 @@ def test_sr_per_image_findings(mr, tmp_path):
 
 def test_sr_bad_input(mr):
     with pytest.raises(ValueError, match="needs measurements"):
-        write_measurement_report(mr, "/nonexistent/x.dcm", "b", "1")
+        write_measurement_report(mr, "/nonexistent/x.dcm", "b", "1", measurement_table=M_TABLE)
     with pytest.raises(ValueError, match="need the segmentation"):
-        write_measurement_report(mr, "/nonexistent/x.dcm", "b", "1", segment_measurements={"tumour": {"volume": 1}})
+        write_measurement_report(
+            mr,
+            "/nonexistent/x.dcm",
+            "b",
+            "1",
+            segment_measurements={"tumour": {"volume": 1}},
+            measurement_table=M_TABLE,
+        )
     with pytest.raises(ValueError, match="has no code"):
         measurement_code("shoe size")
 
@@ -384,9 +436,7 @@ def test_mask_to_source_frames_photo(photo):
         mask_to_source_frames(mask.T, None, [photo])
 
 
-# --- inference handler and CLI ------------------------------------------------------------------------------------
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# --- inference handler ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("source", ["slices", "enhanced"])
@@ -402,7 +452,7 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     from monai.transforms import Compose, LoadImaged, Orientationd, SelectItemsd
 
     from common.dicom import DicomSeriesReader
-    from common.handlers import SegClassPredictionWriter
+    from common.handlers import SegClassPredictionWriter, collect_case_results
     from common.handlers.dicom_results import DicomResultWriter
 
     if source == "slices":
@@ -433,8 +483,15 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     SegClassPredictionWriter(out, preprocessing, regions=["tumour"], cls_task="idh").attach(engine)
     with open(os.path.join(REPO, "bundles", "glioma_seg_idh", "configs", "metadata.json")) as f:
         version = json.load(f)["version"]
-    DicomResultWriter(out, "glioma_seg_idh", version).attach(engine)
+    DicomResultWriter(out, "glioma_seg_idh", version, codes=bundle_codes("glioma_seg_idh")).attach(engine)
+    handed_over = collect_case_results(engine)
     engine.run(loader)
+
+    # the hand-over: both cases, the DICOM source only where the input was DICOM, masks in the input's grid
+    assert set(handed_over) == {"dcm_case", "nifti_like_case"}
+    assert handed_over["dcm_case"].source == folder and handed_over["nifti_like_case"].source is None
+    assert handed_over["dcm_case"].segments == ["tumour"] and handed_over["dcm_case"].masks.shape[1:] == MR_SHAPE[::-1]
+    assert engine.state.dicom_results["dcm_case"] == [os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm")]
 
     assert not os.path.exists(os.path.join(out, "nifti_like_case", "seg.dcm"))
     seg_path, sr_path = (os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm"))
@@ -452,7 +509,8 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
         pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_frame(
             source_sop_instance_uid=enhanced.SOPInstanceUID,
-            source_frame_numbers=list(range(1, int(enhanced.NumberOfFrames) + 1)), combine_segments=True,
+            source_frame_numbers=list(range(1, int(enhanced.NumberOfFrames) + 1)),
+            combine_segments=True,
         )
     assert expected.any() and not expected.all()
     np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
@@ -490,8 +548,8 @@ def test_handler_fundus_photo(photo, tmp_path):
     }
     engine = Engine(lambda e, b: {"pred": pred})
     out = str(tmp_path / "predictions")
-    FundusPredictionWriter(out).attach(engine)
-    DicomResultWriter(out, "fundus_glaucoma", "0.3.1").attach(engine)
+    FundusPredictionWriter(out, cls_task="glaucoma", segments=("optic_disc", "optic_cup")).attach(engine)
+    DicomResultWriter(out, "fundus_glaucoma", "0.3.1", codes=bundle_codes("fundus_glaucoma")).attach(engine)
     engine.run([batch])
     seg_path, sr_path = (os.path.join(out, "eye1", f) for f in ("seg.dcm", "sr.dcm"))
     assert_valid(seg_path)
@@ -509,36 +567,53 @@ def test_handler_fundus_photo(photo, tmp_path):
     assert values["GLAUCOMA_PROB"] == (pytest.approx(1 / (1 + np.exp(-0.3)), abs=1e-6), "1")
 
 
-def test_cli_factors_and_slices(mr, photo, tmp_path):
-    from common.handlers.dicom_results import main
+def test_handler_factors_and_slices(mr, photo, tmp_path):
+    """Writers without masks: per-image risk factors (SR only, codes and UCUM units from the bundle's config) and
+    per-slice probabilities aggregated per volume at the end of the run (study maximum + one group per slice)."""
+    import torch
+    from ignite.engine import Engine
 
-    dicom_dir, out = tmp_path / "dicom", tmp_path / "factors_out"
-    dicom_dir.mkdir()
-    out.mkdir()
-    photo.save_as(str(dicom_dir / "img1.dcm"))
-    (out / "predictions.csv").write_text(
-        "image_id,patient,sex_probability,sex_prediction,age,sbp,bmi\nimg1,p1,0.7,1,58.25,128.5,23.75\n"
-        "img2,p2,0.1,0,40.0,120.0,22.0\n"
-    )
-    assert main([os.path.join(REPO, "bundles", "cmr_fundus"), str(out), str(dicom_dir)]) == 0
-    assert not (out / "img2").exists()  # no DICOM source for img2
+    from common.handlers import FactorPredictionWriter, SlicePredictionWriter
+    from common.handlers.dicom_results import DicomResultWriter
+
+    with open(os.path.join(REPO, "bundles", "cmr_fundus", "configs", "inference.json")) as f:
+        factors = [f for f in json.load(f)["factors"] if f["name"] in ("sex", "age", "sbp", "bmi")]
+    names = [f["name"] for f in factors]
+    values = {"sex": float(np.log(0.7 / 0.3)), "age": 58.25, "sbp": 128.5, "bmi": 23.75}
+    preds = {name: torch.tensor([[values[name]], [0.0]]) for name in names}
+    batch = {"image_id": ["img1", "img2"], "dicom_series": [photo.filename, ""]}  # img2: no DICOM source
+    engine = Engine(lambda e, b: {"pred": preds, "label": {"image_id": b["image_id"]}})
+    out = tmp_path / "factors_out"
+    FactorPredictionWriter(str(out), factors).attach(engine)
+    DicomResultWriter(str(out), "cmr_fundus", "0.1.0", codes=bundle_codes("cmr_fundus")).attach(engine)
+    engine.run([batch])
+    assert not (out / "img2").exists()
     sr_path = str(out / "img1" / "sr.dcm")
     assert_valid(sr_path)
     assert not (out / "img1" / "seg.dcm").exists()
-    values = num_values(pydicom.dcmread(sr_path))
-    assert values == {
+    assert num_values(pydicom.dcmread(sr_path)) == {
         "MALE_SEX_PROB": (pytest.approx(0.7), "1"),
         "30525-0": (pytest.approx(58.25), "a"),
         "8480-6": (pytest.approx(128.5), "mm[Hg]"),
         "39156-5": (pytest.approx(23.75), "kg/m2"),
     }
 
-    series_dir, out = tmp_path / "series", tmp_path / "slices_out"
-    out.mkdir()
-    write_mr_series(str(series_dir / "caseA"), seed=3)
-    rows = "".join(f"caseA,{k},{k / 20:.6f},0,\n" for k in range(2, 6))
-    (out / "predictions.csv").write_text("case,slice,probability,predicted,label\n" + rows)
-    assert main([os.path.join(REPO, "bundles", "brats_mtl"), str(out), str(series_dir)]) == 0
+    series_dir = tmp_path / "series" / "caseA"
+    write_mr_series(str(series_dir), seed=3)
+    slices = torch.tensor([2, 3, 4, 5])
+    logits = torch.logit(slices.float() / 20)
+    batch = {"dicom_series": [str(series_dir)] * 4}
+    engine = Engine(
+        lambda e, b: {
+            "pred": {"cls": logits},
+            "label": {"case": ["caseA"] * 4, "slice": slices},
+            "image": torch.zeros(4, 1, 8, 8),
+        }
+    )
+    out = tmp_path / "slices_out"
+    SlicePredictionWriter(str(out), n_overlays=0, measurement="tumour_probability").attach(engine)
+    DicomResultWriter(str(out), "brats_mtl", "0.1.0", codes=bundle_codes("brats_mtl")).attach(engine)
+    engine.run([batch])
     sr_path = str(out / "caseA" / "sr.dcm")
     assert_valid(sr_path)
     sr = pydicom.dcmread(sr_path)
@@ -548,6 +623,59 @@ def test_cli_factors_and_slices(mr, photo, tmp_path):
         if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "TUMOUR_PROB"
     ]
     assert probs == [pytest.approx(v) for v in (0.25, 0.1, 0.15, 0.2, 0.25)]  # study max, then slices 2..5
+
+
+def test_handler_needs_codes_for_new_segments_and_units(mr, tmp_path):
+    """A new bundle's segment without codes, or a unit that is not UCUM, is one clear error before any file is
+    written; a probability or a UCUM-unit measurement without codes gets a private concept."""
+    from ignite.engine import Engine
+
+    from common.handlers import CaseResult, Measurement, PredictionWriter
+    from common.handlers.dicom_results import DicomResultWriter
+
+    folder = os.path.dirname(mr[0].filename)
+    affine = source_grid_affine(sort_source_datasets(mr))
+    masks = np.zeros((1, *MR_SHAPE[::-1]), bool)
+    masks[0, 10:20, 10:20, 2:4] = True
+
+    def run(result: CaseResult, codes: dict | None) -> str:
+        out = tmp_path / result.case
+        engine = Engine(lambda e, b: PredictionWriter.publish(e, result))
+        DicomResultWriter(str(out), "new_bundle", "0.0.1", codes=codes).attach(engine)
+        engine.run([0])
+        return str(out / result.case)
+
+    lesion = CaseResult(
+        "c1",
+        folder,
+        ["lesion"],
+        masks,
+        affine,
+        measurements={"malignancy_probability": Measurement(0.25)},
+        segment_measurements={"lesion": {"diameter": Measurement(12.5, "mm")}},
+    )
+    with pytest.raises(ValueError, match="segments#lesion"):
+        run(lesion, None)
+    assert not (tmp_path / "c1").exists()
+    codes = {
+        "segments": {
+            "lesion": {
+                "category": ["SCT", "49755003", "Morphologically abnormal structure"],
+                "type": ["SCT", "52988006", "Lesion"],
+            }
+        }
+    }
+    written = run(lesion, codes)
+    for name in ("seg.dcm", "sr.dcm"):
+        assert_valid(os.path.join(written, name))
+    values = num_values(pydicom.dcmread(os.path.join(written, "sr.dcm")))
+    assert values["MALIGNANCY_PROBA"] == (pytest.approx(0.25), "1")  # private concept, value kept to 16 chars
+    assert values["DIAMETER"] == (pytest.approx(12.5), "mm")
+    seg = pydicom.dcmread(os.path.join(written, "seg.dcm"))
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+    in_words = CaseResult("c2", folder, measurements={"age": Measurement(40.0, "years")})
+    with pytest.raises(ValueError, match="measurements#age"):
+        run(in_words, codes)
 
 
 @pytest.mark.slow
@@ -599,7 +727,9 @@ def test_seg_and_sr_on_pydicom_test_files(name, tmp_path):
 
     source = pydicom.dcmread(get_testdata_file(name))
     labels = (source.pixel_array > np.percentile(source.pixel_array, 90)).astype(np.uint8)[None]
-    seg = write_segmentation([source], labels, ["tumour"], "glioma_seg_idh", "0.1.0", str(tmp_path / "seg.dcm"))
+    seg = write_segmentation(
+        [source], labels, ["tumour"], "glioma_seg_idh", "0.1.0", str(tmp_path / "seg.dcm"), segment_table=SEG_TABLE
+    )
     sr_path = str(tmp_path / "sr.dcm")
     write_measurement_report(
         [source],
@@ -609,6 +739,7 @@ def test_seg_and_sr_on_pydicom_test_files(name, tmp_path):
         measurements={"idh_probability": 0.5},
         segmentation=seg,
         segment_measurements={"tumour": {"volume": 10.0}},
+        measurement_table=M_TABLE,
     )
     assert_valid(str(tmp_path / "seg.dcm"))
     assert_valid(sr_path)

@@ -237,7 +237,7 @@ def test_info_lists_every_model_with_its_type(server):
     assert set(MODELS) <= set(models)
     assert models["glioma_seg_idh"]["type"] == "segmentation" and models["glioma_seg_idh"]["dimension"] == 3
     assert models["glioma_seg_idh"]["labels"] == {"tumour": 1}
-    assert models["fundus_glaucoma"]["labels"] == {"disc": 1, "cup": 2}
+    assert models["fundus_glaucoma"]["labels"] == {"optic_disc": 1, "optic_cup": 2}
     assert models["cmr_fundus"]["type"] == "classification"
     assert server["info"]["datastore"]["total"] == 3
     assert {"brain_001", "fundus_001", "retina_001"} == _image_ids(server)
@@ -291,10 +291,12 @@ def test_cmr_fundus_classification_returns_every_factor(server):
     assert status == 200, body[:2000]
     assert ctype.startswith("application/json"), ctype  # no label image for a classification model
     result = json.loads(body)
-    names = [f["name"] for f in json.loads((REPO / "bundles/cmr_fundus/configs/inference.json").read_text())["factors"]]
-    assert list(result["factors"]) == names
-    assert 0.0 <= result["factors"]["sex"]["probability"] <= 1.0
-    assert result["factors"]["age"]["unit"] == "years" and np.isfinite(result["factors"]["age"]["value"])
+    factors = json.loads((REPO / "bundles/cmr_fundus/configs/inference.json").read_text())["factors"]
+    names = [f["name"] + ("_probability" if f["kind"] == "binary" else "") for f in factors]
+    assert list(result["measurements"]) == names
+    assert 0.0 <= result["measurements"]["sex_probability"]["value"] <= 1.0 and result["sex_prediction"] in (0, 1)
+    age = result["measurements"]["age"]
+    assert age["unit"] == "years" and np.isfinite(age["value"]) and result["age"] == age["value"]
 
 
 @needs_venv

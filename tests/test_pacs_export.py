@@ -290,11 +290,16 @@ def test_handler_sends_run_results(pacs, tmp_path):
     cases = {name: make_case(out / name, with_seg=(name == "p1")) for name in ("p1", "p2")}
     (out / "p1" / "predictions.csv").write_text("case\np1\n")  # not DICOM, not *.dcm: ignored
     handler = PacsExportHandler(str(out), dest=pacs.destination(protocol="cstore"))
-    engine = Engine(lambda e, b: None)
+
+    def step(engine, batch):  # what DicomResultWriter hands over: the files this run wrote, by case
+        engine.state.dicom_results = {name: sorted(case.values()) for name, case in cases.items()}
+
+    engine = Engine(step)
     handler.attach(engine)
     with pacs.inside():
         engine.run([0], max_epochs=1)
         handler(engine)  # a second run over the same results queues nothing
+        handler(None)  # nor does sending the finished output folder (its predictions.csv is not DICOM)
     outbox = Outbox(handler.outbox_dir)
     assert outbox.pending() == [] and len(outbox.sent()) == 2
     for case in cases.values():

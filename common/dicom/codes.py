@@ -1,15 +1,24 @@
 """Coded concepts of the DICOM results: segment definitions, measurement names and UCUM units.
 
-Standard codes come from ``pydicom.sr.codedict.codes`` where pydicom lists them (checked there: the code value and
-meaning below are pydicom's); others cite their source (SNOMED CT, LOINC, NCI Thesaurus) in a comment. Concepts with
-no standard code use the private coding scheme :data:`PRIVATE_SCHEME`, declared in every SR by
-:func:`private_scheme_identification`.
+The library knows no bundle's concepts: each bundle's ``inference.json`` gives the codes of its segments and
+measurements under ``dicom_codes`` (read by :func:`segment_codes` and :func:`measurement_codes`), e.g.::
+
+    "dicom_codes": {
+        "segments": {"lesion": {"category": ["SCT", "49755003", "Morphologically abnormal structure"],
+                                "type": ["SCT", "52988006", "Lesion"], "region": ["SCT", "12738006", "Brain"]}},
+        "measurements": {"age": {"concept": ["LN", "30525-0", "Age"], "unit": "a"}}
+    }
+
+A segment's ``volume`` (SNOMED "Volume", mm3) needs no entry; a ``<name>_probability`` without an entry gets a
+concept of the private coding scheme :data:`PRIVATE_SCHEME` (declared in every SR and SEG that uses it by
+:func:`private_scheme_identification`) with unit ``1``, as does any other measurement whose unit is a UCUM code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
@@ -18,14 +27,18 @@ from pydicom.sr.codedict import codes
 __all__ = [
     "PRIVATE_SCHEME",
     "PRIVATE_SCHEME_NAME",
-    "SEGMENT_CODES",
-    "MEASUREMENT_CODES",
+    "GENERIC_MEASUREMENT_CODES",
+    "UCUM_MEANINGS",
     "SegmentCode",
     "MeasurementCode",
     "private_code",
     "private_scheme_identification",
-    "segment_code",
     "measurement_code",
+    "measurement_codes",
+    "parse_code",
+    "segment_code",
+    "segment_codes",
+    "ucum_unit",
 ]
 
 PRIVATE_SCHEME = "99MTLMONAI"
@@ -59,48 +72,19 @@ class SegmentCode:
     region: CodedConcept | None = None
 
 
-_ABNORMAL = _code(codes.SCT.MorphologicallyAbnormalStructure)  # SCT 49755003, CID 7150
-_ANATOMY = _code(codes.SCT.AnatomicalStructure)  # SCT 91723000, CID 7150
-_BRAIN = _code(codes.SCT.Brain)  # SCT 12738006
-_EYE = _code(codes.SCT.Eye)  # SCT 81745001
-_NEOPLASM = _code(codes.SCT.Neoplasm)  # SCT 108369006, CID 7151
-# NCI Thesaurus C113842 "Enhancing Lesion" (pydicom codes.NCIt.EnhancingLesion, CID 7151)
-_ENHANCING = _code(codes.NCIt.EnhancingLesion)
-
-SEGMENT_CODES: dict[str, SegmentCode] = {
-    # glioma / BraTS regions: the standard category of lesions is "Morphologically abnormal structure" and the
-    # type "Neoplasm" (SNOMED 108369006); the segment label tells the BraTS region apart.
-    "tumour": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "glioma": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "wt": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "whole_tumour": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "tc": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "tumour_core": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "et": SegmentCode(_ABNORMAL, _ENHANCING, _BRAIN),
-    "enhancing_tumour": SegmentCode(_ABNORMAL, _ENHANCING, _BRAIN),
-    "necrosis": SegmentCode(_ABNORMAL, _code(codes.SCT.Necrosis), _BRAIN),  # SCT 6574001
-    "edema": SegmentCode(_ABNORMAL, _code(codes.SCT.Edema), _BRAIN),  # SCT 79654002
-    # a FLAIR hyperintensity: SCT 52988006 "Lesion"
-    "flair_abnormality": SegmentCode(_ABNORMAL, _code(codes.SCT.Lesion), _BRAIN),
-    # fundus: SCT 81016008 "Optic disc structure" (pydicom codes.SCT.OpticDiscStructure)
-    "disc": SegmentCode(_ANATOMY, _code(codes.SCT.OpticDiscStructure), _EYE),
-    "optic_disc": SegmentCode(_ANATOMY, _code(codes.SCT.OpticDiscStructure), _EYE),
-    # the physiologic cup of the optic disc: no code in pydicom's dictionary that could be checked here -> private
-    "cup": SegmentCode(_ANATOMY, private_code("OPTIC_CUP", "Optic cup"), _EYE),
-    "optic_cup": SegmentCode(_ANATOMY, private_code("OPTIC_CUP", "Optic cup"), _EYE),
-}
-
-
 def segment_code(name: str, table: Mapping[str, SegmentCode] | None = None) -> SegmentCode:
     """The codes of segment ``name`` (case-insensitive, spaces/dashes as underscores) from ``table``.
 
     Raises:
-        ValueError: ``name`` is not in the table.
+        ValueError: ``name`` is not in the table (the message says where a bundle config gives its codes).
     """
-    table = SEGMENT_CODES if table is None else table
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    table = table or {}
+    key = _key(name)
     if key not in table:
-        raise ValueError(f"segment name '{name}' has no codes; known: {sorted(table)}.")
+        raise ValueError(
+            f"segment '{name}' has no codes (known: {sorted(table)}); give them in the bundle's inference.json as "
+            f"dicom_codes#segments#{name} = {{'category': [scheme, value, meaning], 'type': [...], 'region': [...]}}."
+        )
     return table[key]
 
 
@@ -112,62 +96,136 @@ class MeasurementCode:
     unit: CodedConcept
 
 
-def _ln(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator="LN", meaning=meaning)
-
-
 def _ucum(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
 
 
-_NO_UNITS = _code(codes.UCUM.NoUnits)  # UCUM "1"
-_RATIO = _code(codes.UCUM.Ratio)  # UCUM "{ratio}"
-
-MEASUREMENT_CODES: dict[str, MeasurementCode] = {
-    # LOINC codes (loinc.org): 30525-0 Age, 8302-2 Body height, 29463-7 Body weight, 39156-5 BMI,
-    # 8480-6 / 8462-4 systolic / diastolic blood pressure (pydicom codes.LN.IntravascularSystolic/Diastolic...),
-    # 2345-7 Glucose [Mass/volume] in Serum or Plasma, 4548-4 Hemoglobin A1c/Hemoglobin.total in Blood,
-    # 8280-0 Waist circumference at umbilicus by tape measure
-    "age": MeasurementCode(_ln("30525-0", "Age"), _ucum("a", "year")),
-    "height": MeasurementCode(_ln("8302-2", "Body height"), _ucum("cm", "centimeter")),
-    "weight": MeasurementCode(_ln("29463-7", "Body weight"), _ucum("kg", "kilogram")),
-    "bmi": MeasurementCode(
-        _ln("39156-5", "Body mass index (BMI) [Ratio]"), _ucum("kg/m2", "kilogram per square meter")
-    ),
-    "waist": MeasurementCode(
-        _ln("8280-0", "Waist Circumference at umbilicus by Tape measure"), _ucum("cm", "centimeter")
-    ),
-    "sbp": MeasurementCode(_ln("8480-6", "Systolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
-    "dbp": MeasurementCode(_ln("8462-4", "Diastolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
-    "glucose": MeasurementCode(
-        _ln("2345-7", "Glucose [Mass/volume] in Serum or Plasma"), _ucum("mg/dL", "milligram per deciliter")
-    ),
-    "hba1c": MeasurementCode(_ln("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"), _code(codes.UCUM.Percent)),
-    # vertical cup-to-disc ratio: no standard code found -> private
-    "vcdr": MeasurementCode(private_code("VCDR", "Vertical cup-to-disc ratio"), _RATIO),
-    # volume of a segment: SCT 118565006 "Volume" (pydicom codes.SCT.Volume), UCUM mm3
+#: Measurements any segmentation bundle reports without configuring them: a segment's volume
+#: (SCT 118565006 "Volume", pydicom codes.SCT.Volume) in mm3.
+GENERIC_MEASUREMENT_CODES: dict[str, MeasurementCode] = {
     "volume": MeasurementCode(_code(codes.SCT.Volume), _code(codes.UCUM.CubicMillimeter)),
-    # probabilities of a class: no standard codes -> private, unit "1" (a fraction in [0, 1])
-    "idh_probability": MeasurementCode(private_code("IDH_MUT_PROB", "IDH mutation probability"), _NO_UNITS),
-    "glaucoma_probability": MeasurementCode(private_code("GLAUCOMA_PROB", "Glaucoma probability"), _NO_UNITS),
-    "tumour_probability": MeasurementCode(private_code("TUMOUR_PROB", "Tumour presence probability"), _NO_UNITS),
-    "sex_probability": MeasurementCode(private_code("MALE_SEX_PROB", "Probability of male sex"), _NO_UNITS),
+}
+
+#: Meanings of common UCUM unit codes (ucum.org); a unit not listed here is written with its code as meaning.
+UCUM_MEANINGS = {
+    "1": "no units",
+    "%": "percent",
+    "{ratio}": "ratio",
+    "a": "year",
+    "mo": "month",
+    "d": "day",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "mm2": "square millimeter",
+    "mm3": "cubic millimeter",
+    "mL": "milliliter",
+    "kg": "kilogram",
+    "kg/m2": "kilogram per square meter",
+    "mm[Hg]": "millimeter of mercury",
+    "mg/dL": "milligram per deciliter",
+    "mmol/L": "millimole per liter",
+    "/min": "per minute",
+    "[hnsf'U]": "Hounsfield unit",
 }
 
 
-def measurement_code(name: str, table: Mapping[str, MeasurementCode] | None = None) -> MeasurementCode:
-    """The concept and unit of measurement ``name`` (case-insensitive) from ``table``.
-
-    Unknown ``<x>_probability`` names get a private concept ``"<X>_PROB"`` with unit ``1``.
+def ucum_unit(code: str) -> CodedConcept:
+    """The UCUM concept of unit ``code`` (e.g. ``"mm3"``).
 
     Raises:
-        ValueError: ``name`` is not in the table and is not a probability.
+        ValueError: ``code`` is not a UCUM code this project knows (``UCUM_MEANINGS``): give the unit's code in the
+            bundle's ``dicom_codes`` instead of words such as ``"years"``.
     """
-    table = MEASUREMENT_CODES if table is None else table
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
-    if key in table:
-        return table[key]
-    if key.endswith("_probability"):
-        stem = key[: -len("_probability")]
-        return MeasurementCode(private_code(f"{stem.upper()}_PROB", f"{stem.replace('_', ' ')} probability"), _NO_UNITS)
-    raise ValueError(f"measurement name '{name}' has no code; known: {sorted(table)}.")
+    if code not in UCUM_MEANINGS:
+        raise ValueError(
+            f"unit '{code}' is not a known UCUM code ({sorted(UCUM_MEANINGS)}); give the measurement's unit as a UCUM "
+            "code in the bundle config's dicom_codes#measurements#<name>#unit."
+        )
+    return _ucum(code, UCUM_MEANINGS[code])
+
+
+def parse_code(value: Sequence[str] | Mapping[str, str] | CodedConcept, what: str) -> CodedConcept:
+    """A coded concept from a config value: ``[scheme, value, meaning]`` or
+    ``{"scheme": ..., "value": ..., "meaning": ...}``.
+
+    Raises:
+        ValueError: ``value`` is neither (``what`` names it in the message).
+    """
+    if isinstance(value, CodedConcept):
+        return value
+    if isinstance(value, Mapping) and {"scheme", "value", "meaning"} <= set(value):
+        return CodedConcept(value=str(value["value"]), scheme_designator=str(value["scheme"]),
+                            meaning=str(value["meaning"]))
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+        scheme, code, meaning = (str(v) for v in value)
+        return CodedConcept(value=code, scheme_designator=scheme, meaning=meaning)
+    raise ValueError(f"{what} must be [scheme, value, meaning] or a dict with those keys, got {value!r}.")
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def segment_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[str, SegmentCode]:
+    """Segment codes from a bundle config's ``dicom_codes#segments``: name -> ``{"category": code, "type": code,
+    "region": code (optional)}`` with codes as in :func:`parse_code` (CID 7150 category, CID 7151 type)."""
+    table = {}
+    for name, entry in (config or {}).items():
+        if not isinstance(entry, Mapping) or not {"category", "type"} <= set(entry):
+            raise ValueError(f"dicom_codes#segments#{name} must give 'category' and 'type' codes, got {entry!r}.")
+        region = entry.get("region")
+        table[_key(name)] = SegmentCode(
+            parse_code(entry["category"], f"dicom_codes#segments#{name}#category"),
+            parse_code(entry["type"], f"dicom_codes#segments#{name}#type"),
+            parse_code(region, f"dicom_codes#segments#{name}#region") if region else None,
+        )
+    return table
+
+
+def measurement_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[str, MeasurementCode]:
+    """Measurement codes from a bundle config's ``dicom_codes#measurements``: name -> ``{"concept": code,
+    "unit": UCUM code or code}`` (see :func:`parse_code`), on top of :data:`GENERIC_MEASUREMENT_CODES`."""
+    table = dict(GENERIC_MEASUREMENT_CODES)
+    for name, entry in (config or {}).items():
+        if not isinstance(entry, Mapping) or not {"concept", "unit"} <= set(entry):
+            raise ValueError(f"dicom_codes#measurements#{name} must give 'concept' and 'unit', got {entry!r}.")
+        unit = entry["unit"]
+        table[_key(name)] = MeasurementCode(
+            parse_code(entry["concept"], f"dicom_codes#measurements#{name}#concept"),
+            ucum_unit(unit) if isinstance(unit, str) else parse_code(unit, f"dicom_codes#measurements#{name}#unit"),
+        )
+    return table
+
+
+def measurement_code(
+    name: str, table: Mapping[str, MeasurementCode] | None = None, unit: str | None = None
+) -> MeasurementCode:
+    """The concept and unit of measurement ``name`` (case-insensitive) from ``table``.
+
+    A name not in the table gets a private concept (``"<NAME>"``, e.g. ``"MALIGNANCY_PROBABILITY"``) with ``unit``:
+    the unit the prediction writer reported, which must then be a UCUM code (``"1"`` for probabilities). A
+    ``<x>_probability`` name needs no unit.
+
+    Raises:
+        ValueError: ``name`` is not in the table and has no UCUM unit.
+    """
+    key = _key(name)
+    if key in (table or {}):
+        return table[key]  # type: ignore[index]
+    if key in GENERIC_MEASUREMENT_CODES:
+        return GENERIC_MEASUREMENT_CODES[key]
+    if unit is None and key.endswith("_probability"):
+        unit = "1"
+    if unit is None:
+        raise ValueError(
+            f"measurement '{name}' has no code and no unit; give it in the bundle's inference.json as "
+            f"dicom_codes#measurements#{name} = {{'concept': [scheme, value, meaning], 'unit': UCUM code}}."
+        )
+    if unit not in UCUM_MEANINGS:
+        raise ValueError(
+            f"measurement '{name}': unit '{unit}' is not a known UCUM code ({sorted(UCUM_MEANINGS)}); give it in the "
+            f"bundle's inference.json as dicom_codes#measurements#{name} = {{'concept': [scheme, value, meaning], "
+            "'unit': UCUM code}."
+        )
+    unit_code = ucum_unit(unit)
+    return MeasurementCode(private_code(key.upper()[:16], name.replace("_", " ")[:64]), unit_code)

@@ -112,7 +112,7 @@ def write_segmentation(
             a label map ``(n_frames, Rows, Columns)`` whose value ``k`` is the ``k``-th segment (0 background),
             or stacked masks ``(n_frames, Rows, Columns, n_segments)``: binary (overlapping allowed) or, with
             ``fractional``, probabilities in [0, 1].
-        segments: segment names (keys of ``segment_table``, default :data:`common.dicom.codes.SEGMENT_CODES`).
+        segments: segment names (keys of ``segment_table``, see :func:`common.dicom.codes.segment_codes`).
         algorithm_name, algorithm_version: the bundle's name and version (metadata.json).
         out_path: output file.
         series_description: SeriesDescription (default ``"<algorithm_name> segmentation"``).

@@ -90,8 +90,8 @@ def write_measurement_report(
         out_path: output file.
         algorithm_name, algorithm_version: the bundle's name and version.
         measurements: study-level findings, name -> value (one measurement group), e.g. ``idh_probability``,
-            ``age``; names and units from ``measurement_table`` (default
-            :data:`common.dicom.codes.MEASUREMENT_CODES`). Non-finite values are left out.
+            ``age``; names and units from ``measurement_table`` (see :func:`common.dicom.codes.measurement_code`).
+            Non-finite values are left out.
         image_measurements: per-image findings: (source image, name -> value), one group per image referencing it.
         segmentation: the SEG the segment measurements refer to (added to the evidence).
         segment_measurements: segment label -> (name -> value), e.g. ``{"tumour": {"volume": 1234.5}}``: one TID 1411

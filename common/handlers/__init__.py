@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver
+from .case_results import CaseResult, CaseResultConsumer, Measurement, PredictionWriter, collect_case_results, label_map
 from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter

@@ -15,6 +15,7 @@ from monai.utils import CommonKeys as Keys
 from PIL import Image
 from scipy import ndimage
 
+from .case_results import CaseResult, Measurement, PredictionWriter
 from .prediction_table import write_prediction_csv
 
 __all__ = ["FundusPredictionWriter", "draw_contours"]
@@ -34,7 +35,7 @@ def draw_contours(rgb: np.ndarray, masks: list[np.ndarray], colours: list[tuple[
     return out
 
 
-class FundusPredictionWriter:
+class FundusPredictionWriter(PredictionWriter):
     """Write, per image, the disc and cup masks (PNG, 0/255, the input's size), an overlay PNG (disc outline in
     green, cup in blue) and a JSON, plus ``predictions.csv`` with every image's vCDR and glaucoma probabilities.
 
@@ -42,32 +43,50 @@ class FundusPredictionWriter:
     :class:`~common.inferers.DiscCropInferer`. An image whose disc was not detected, or whose disc mask is empty,
     is flagged in the ``flag`` column (never silently written as a normal result).
 
+    Each image is handed over in ``engine.state.case_results`` (:class:`~common.handlers.case_results.CaseResult`):
+    the two masks named ``segments``, ``<cls_task>_probability`` (the fused score), the ratio ``vcdr`` on the second
+    segment, the flags, and the other columns as details.
+
     Args:
         output_dir: folder of the outputs (one sub-folder per image).
         seg_task: key of the full-size disc/cup logits.
-        cls_task: name of the glaucoma task (keys ``cls_task``, ``<cls_task>_vcdr``, ``<cls_task>_fused``).
+        cls_task: name of the classification task (keys ``cls_task``, ``<cls_task>_vcdr``, ``<cls_task>_fused``).
         threshold: probability threshold of masks and of the predicted class.
         image_key, case_key: batch keys of the image and the image id.
         class_names: names of the negative and the positive class.
+        segments: names of the outer (disc) and inner (cup) segment, as reported in DICOM and by servers.
+        series_key: batch key of the DICOM source (handed over with the result).
     """
+
+    spatial_dims = 2
 
     def __init__(
         self,
         output_dir: str,
         seg_task: str = "seg",
-        cls_task: str = "glaucoma",
+        cls_task: str = "cls",
         threshold: float = 0.5,
         image_key: str = "image",
         case_key: str = "case",
-        class_names: tuple[str, str] = ("normal", "glaucoma"),
+        class_names: tuple[str, str] = ("negative", "positive"),
+        segments: tuple[str, str] = ("disc", "cup"),
+        series_key: str = "dicom_series",
     ) -> None:
+        super().__init__(case_key=case_key, series_key=series_key)
+        if len(segments) != 2:
+            raise ValueError(f"segments must name the outer and the inner segment, got {list(segments)}.")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
         self.output_dir, self.seg_task, self.cls_task, self.threshold = str(output_dir), seg_task, cls_task, threshold
-        self.image_key, self.case_key, self.class_names = image_key, case_key, tuple(class_names)
+        self.image_key, self.class_names, self.segments = image_key, tuple(class_names), list(segments)
         self.rows: list[dict[str, Any]] = []
 
+    @property
+    def segment_names(self) -> list[str]:
+        return list(self.segments)
+
     def attach(self, engine: Engine) -> None:
+        super().attach(engine)
         engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self._write_csv)
@@ -86,6 +105,7 @@ class FundusPredictionWriter:
         seg = pred[self.seg_task].detach().float().cpu()
         images = batch[self.image_key].detach().float().cpu()
         cases = list(batch.get(self.case_key) or [f"image{len(self.rows) + i}" for i in range(images.shape[0])])
+        sources = self.sources(batch, len(cases))
         for i, case in enumerate(cases):
             rgb = (images[i].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
             if seg.shape[1] >= 2:
@@ -125,6 +145,19 @@ class FundusPredictionWriter:
             with open(os.path.join(folder, f"{case}_{self.cls_task}.json"), "w") as f:
                 json.dump(row, f, indent=2)
             self.rows.append(row)
+            files = ("disc_mask", "cup_mask", "overlay")
+            self.publish(engine, CaseResult(
+                case=str(case),
+                source=sources[i],
+                segments=list(self.segments),
+                masks=np.stack([disc, cup]),
+                measurements={f"{self.cls_task}_probability": Measurement(
+                    None if math.isnan(p_fused) else p_fused, "1", f"probability of '{self.class_names[1]}'")},
+                segment_measurements={self.segments[1]: {"vcdr": Measurement(row["vcdr"], "{ratio}",
+                                                                               "vertical cup-to-disc ratio")}},
+                flags=flags,
+                details={k: v for k, v in row.items() if k not in ("case", "flag", *files)},
+            ))
 
     def _write_csv(self, engine: Engine) -> None:
         write_prediction_csv(self.output_dir, self.rows)

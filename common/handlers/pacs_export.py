@@ -1,4 +1,8 @@
-"""Sends an inference run's DICOM results (SEG, SR) to a PACS through the durable outbox when the run completes."""
+"""Sends an inference run's DICOM results (SEG, SR) to a PACS through the durable outbox when the run completes.
+
+The files to send are handed over in memory by :class:`~common.handlers.dicom_results.DicomResultWriter`
+(``engine.state.dicom_results``: case -> paths), so only what this run wrote is sent.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class PacsExportHandler:
-    """On ``Events.COMPLETED``: queue every ``pattern`` file under ``output_dir`` (one item per case folder
-    ``<output_dir>/<case>/``), then flush the outbox.
+    """On ``Events.COMPLETED``: queue the DICOM files the run wrote (``engine.state.dicom_results``, one item per
+    case), then flush the outbox. Called without an engine, it sends a finished output folder instead: every
+    ``pattern`` file under ``output_dir`` (one item per case folder ``<output_dir>/<case>/``).
 
     Send failures are logged, never raised: the results are safe in the outbox and ``python -m common.pacs flush
     --outbox DIR`` retries them later. Files already queued or sent (same SOP Instance UID) are not queued again, so
     a re-run does not send twice. Credentials come from the environment or ``credentials_file``, never the config.
 
     Args:
-        output_dir: the run's output folder holding ``<case>/*.dcm``.
+        output_dir: the run's output folder (holds the default outbox; scanned when called without an engine).
         dest: destination JSON file or dict (no secrets); empty/None disables the handler (the bundle option
             ``pacs_dest`` left empty).
         outbox_dir: outbox folder; default ``$MTL_PACS_OUTBOX`` or ``<output_dir>/pacs_outbox``.
@@ -80,10 +85,20 @@ class PacsExportHandler:
     def __call__(self, engine: Engine | None = None) -> None:
         if not self.enabled:
             return
+        if engine is None:
+            groups = self.result_sets()
+        else:
+            groups = dict(getattr(engine.state, "dicom_results", None) or {})
+            if not groups:
+                logger.warning(
+                    "PACS export: this run handed over no DICOM results (DICOM input and --dicom_output True are "
+                    "needed, with the DICOM writer attached before the export); nothing sent."
+                )
+                return
         outbox = Outbox(self.outbox_dir, dest=self.dest, credentials_file=self.credentials_file,
                         protocol=self.protocol, **self.outbox_kwargs)
         queued = 0
-        for case, files in self.result_sets().items():
+        for case, files in groups.items():
             try:
                 queued += outbox.enqueue(files, label=case) is not None
             except (ValueError, OSError) as e:

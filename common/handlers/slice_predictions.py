@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from ..networks.vit_mim import ViTEncoder, attention_rollout
+from .case_results import CaseResult, Measurement, PredictionWriter
 
 __all__ = ["SlicePredictionWriter", "overlay_heatmap"]
 
@@ -35,8 +36,12 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) ->
     return (np.concatenate([g3, blend], axis=1) * 255).astype(np.uint8)
 
 
-class SlicePredictionWriter:
+class SlicePredictionWriter(PredictionWriter):
     """Writes ``predictions.csv`` (case, slice, probability, predicted class, label) and attention overlays.
+
+    When the run completes, each case (volume) is handed over in ``engine.state.case_results``
+    (:class:`~common.handlers.case_results.CaseResult`, no masks): ``measurement`` = the highest slice probability,
+    and the same measurement per slice (slice ``k`` = the ``k``-th source image in slice order).
 
     Overlays (``overlays/<case>_slice<k>_p<prob>.png``: the slice, and the slice with the CLS attention rollout)
     are kept for the ``n_overlays`` slices with the highest tumour probability. Attention maps need a network whose
@@ -49,6 +54,9 @@ class SlicePredictionWriter:
         overlay_channel: image channel drawn under the heat map (e.g. the FLAIR channel).
         threshold: probability threshold of the predicted class.
         case_key, slice_key, label_key: keys in the targets dict (label optional).
+        filename: CSV file name.
+        measurement: name of the handed-over probability (default ``<task>_probability``).
+        series_key: batch key of the DICOM source of each slice (handed over with the case's result).
     """
 
     def __init__(
@@ -62,14 +70,19 @@ class SlicePredictionWriter:
         slice_key: str = "slice",
         label_key: str = Keys.LABEL,
         filename: str = "predictions.csv",
+        measurement: str | None = None,
+        series_key: str = "dicom_series",
     ) -> None:
+        super().__init__(case_key=case_key, series_key=series_key)
         if n_overlays < 0:
             raise ValueError(f"n_overlays must be >= 0, got {n_overlays}.")
         self.output_dir, self.task, self.n_overlays = str(output_dir), task, n_overlays
         self.overlay_channel, self.threshold = overlay_channel, threshold
-        self.case_key, self.slice_key, self.label_key, self.filename = case_key, slice_key, label_key, filename
+        self.slice_key, self.label_key, self.filename = slice_key, label_key, filename
+        self.measurement = measurement or f"{task}_probability"
 
     def attach(self, engine: Engine) -> None:
+        super().attach(engine)
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
         engine.add_event_handler(Events.COMPLETED, self._write)
@@ -77,6 +90,7 @@ class SlicePredictionWriter:
     def _start(self, engine: Engine) -> None:
         self._rows: list[dict[str, Any]] = []
         self._best: list[tuple[float, str, int, np.ndarray, np.ndarray]] = []
+        self._sources: dict[str, str | None] = {}
 
     @staticmethod
     def _encoder(engine: Engine) -> ViTEncoder | None:
@@ -95,6 +109,8 @@ class SlicePredictionWriter:
         slices = [int(s) for s in torch.as_tensor(targets[self.slice_key]).reshape(-1).tolist()]
         labels = targets.get(self.label_key)
         labels = torch.as_tensor(labels).reshape(-1).tolist() if labels is not None else [None] * len(cases)
+        for c, source in zip(cases, self.sources(engine.state.batch or {}, len(cases))):
+            self._sources[str(c)] = self._sources.get(str(c)) or source
         for c, s, p, y in zip(cases, slices, probs, labels):
             known = y is not None and y >= 0
             self._rows.append(
@@ -130,3 +146,14 @@ class SlicePredictionWriter:
                 pic = pic.resize((pic.width * scale, pic.height * scale), Image.BILINEAR)
                 pic.save(os.path.join(odir, f"{c}_slice{s:03d}_p{p:.2f}.png"))
         logger.info(f"{len(self._rows)} slice predictions written to {path}; {len(self._best)} overlays")
+        by_case: dict[str, dict[int, float]] = {}
+        for row in self._rows:
+            by_case.setdefault(str(row["case"]), {})[int(row["slice"])] = float(row["probability"])
+        for case, probs in by_case.items():
+            self.publish(engine, CaseResult(
+                case=case,
+                source=self._sources.get(case),
+                measurements={self.measurement: Measurement(max(probs.values()), "1", "highest slice probability")},
+                image_measurements=[(k, {self.measurement: Measurement(p, "1")}) for k, p in sorted(probs.items())],
+                details={"slices": len(probs), "positive_slices": sum(p >= self.threshold for p in probs.values())},
+            ))

@@ -1,1 +1,1 @@
-from .bundle_evaluator import WRITER_KINDS, BundleEvaluatorInferTask
+from .bundle_evaluator import BundleEvaluatorInferTask

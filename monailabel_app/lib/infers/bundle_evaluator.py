@@ -2,32 +2,30 @@
 
 MONAI Label's generic ``BundleInferTask`` runs ``preprocessing -> inferer -> postprocessing`` on a single tensor
 output; our networks return a dict of task outputs (segmentation + classification, or one value per risk factor),
-fundus_glaucoma is a two-stage locator + crop pipeline, and our prediction writers already produce the label map in
-the input's space and the per-case JSON. So this task builds the bundle's evaluator on a one-item datalist, runs it
-into a temporary folder and returns what its prediction writer wrote:
+some bundles run two-stage pipelines, and our prediction writers already produce the masks in the input's space.
+So this task builds the bundle's evaluator on a one-item datalist, runs it into a temporary folder and answers with
+what the bundle's prediction writer handed over in memory (``common.handlers.CaseResult``, read from
+``engine.state.case_results``). It knows no bundle or task: what it announces and returns comes from the writer.
 
-- ``seg_class`` (SegClassPredictionWriter, e.g. glioma_seg_idh): the study is one 4-D NIfTI whose last axis holds
-  the bundle's ``modalities`` in order (split into one file per modality); returns the label map NIfTI (0
-  background, k = k-th region) and the JSON row (class probability, region volumes).
-- ``fundus`` (FundusPredictionWriter, fundus_glaucoma): the study is an RGB photograph; returns a PNG label map
-  (0 background, 1 disc, 2 cup) and the JSON row (glaucoma probabilities, vCDR, flags).
-- ``factors`` (FactorPredictionWriter, cmr_fundus): a CLASSIFICATION task returning no label file and one value (or
-  probability for binary factors) per factor in the JSON.
+- A writer with segments (``PredictionWriter.segment_names``) makes a SEGMENTATION task: the label file is a label
+  map (0 background, ``k`` = the ``k``-th segment, the later segment where they overlap), a NIfTI in the input's
+  space for volumes, a PNG for 2-D images; otherwise a CLASSIFICATION task with no label file.
+- The result JSON holds every measurement (``measurements``: name -> value, unit, description), per-segment
+  measurements, flags, and, flattened for quick reading, each measurement's value and the writer's details.
+- Input: a bundle whose inference.json lists several ``modalities`` takes a 4-D NIfTI (the modalities on its last
+  axis, split into one file each) or a DICOM study folder (series mapped to modalities by its ``modality_rules``);
+  any other bundle takes one image file or a folder holding one DICOM image.
 
-A folder (what MONAI Label hands over for a DICOM series, e.g. from a DICOMweb datastore) is read with the bundle's
-own ``common.dicom`` (it works under the MONAI Label venv's pydicom 2.4): for ``seg_class`` a study folder whose image
-series are mapped to the bundle's ``modalities`` by its ``modality_rules``; for the photograph kinds a folder with one
-DICOM photograph. The bundle's DICOM SEG/SR writer and PACS export handlers are not run by the server (they need
-highdicom, which cannot be installed beside pydicom<3).
+DICOM folders are read with the bundle's own ``common.dicom`` (it works under the MONAI Label venv's pydicom 2.4).
+The bundle's DICOM SEG/SR writer and PACS export handlers are not run by the server (they need highdicom, which
+cannot be installed beside pydicom<3).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -39,18 +37,15 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleEvaluatorInferTask", "SERVER_SKIPPED_HANDLERS", "WRITER_KINDS"]
+__all__ = ["BundleEvaluatorInferTask", "SERVER_SKIPPED_HANDLERS"]
 
-# prediction writer target in inference.json -> kind of the task
-WRITER_KINDS = {
-    "common.handlers.SegClassPredictionWriter": "seg_class",
-    "common.handlers.FundusPredictionWriter": "fundus",
-    "common.handlers.FactorPredictionWriter": "factors",
-}
+# handlers of inference.json not run in MONAI Label (by class name): it returns results over HTTP (no DICOM SEG/SR
+# files, no PACS export from the server), and their modules need highdicom, which the MONAI Label venv cannot hold
+SERVER_SKIPPED_HANDLERS = ("DicomResultWriter", "PacsExportHandler")
 
-# handlers of inference.json not run in MONAI Label: it returns results over HTTP (no DICOM SEG/SR files, no PACS
-# export from the server), and their modules need highdicom, which the MONAI Label venv (pydicom<3) cannot hold
-SERVER_SKIPPED_HANDLERS = ("common.handlers.dicom_results.", "common.handlers.pacs_export.")
+
+def _skipped(handler: Any) -> bool:
+    return isinstance(handler, dict) and str(handler.get("_target_", "")).rsplit(".", 1)[-1] in SERVER_SKIPPED_HANDLERS
 # series a study fetch skips (results written back to the study, presentation states, key objects)
 NON_IMAGE_MODALITIES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "REG")
 
@@ -95,7 +90,8 @@ class BundleEvaluatorInferTask(InferTask):
         description: text shown by ``/info/``; default from the bundle's metadata.
 
     Raises:
-        ValueError: the folder has no ``configs/inference.json``, or its handlers hold none of the known writers.
+        ValueError: the folder has no ``configs/inference.json``, or its handlers hold no prediction writer
+            (a ``common.handlers.PredictionWriter``).
     """
 
     def __init__(self, bundle_dir: str | os.PathLike, description: str | None = None) -> None:
@@ -103,23 +99,23 @@ class BundleEvaluatorInferTask(InferTask):
         cfg_file = self.bundle_dir / "configs" / "inference.json"
         if not cfg_file.is_file():
             raise ValueError(f"bundle_dir: {self.bundle_dir} has no configs/inference.json.")
+        if str(self.bundle_dir) not in sys.path:
+            sys.path.insert(0, str(self.bundle_dir))  # the bundle's own copy of common/
         self.inference_config: dict[str, Any] = json.loads(cfg_file.read_text())
         meta_file = self.bundle_dir / "configs" / "metadata.json"
         self.meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        targets = [h.get("_target_") for h in self.inference_config.get("handlers", []) if isinstance(h, dict)]
-        kinds = [WRITER_KINDS[t] for t in targets if t in WRITER_KINDS]
-        if len(kinds) != 1:
-            raise ValueError(f"{cfg_file}: expected one of the writers {sorted(WRITER_KINDS)} in 'handlers'.")
-        self.kind = kinds[0]
-        if self.kind == "seg_class":
-            labels = {name: k for k, name in enumerate(self.inference_config.get("seg_regions", {}), start=1)}
-            infer_type, dimension = InferType.SEGMENTATION, 3
-        elif self.kind == "fundus":
-            labels = {name: k for k, name in enumerate(self.inference_config.get("regions", []), start=1)}
-            infer_type, dimension = InferType.SEGMENTATION, 2
+        writer = self._prediction_writer()
+        if writer is None:
+            raise ValueError(f"{cfg_file}: no prediction writer (a common.handlers.PredictionWriter) in 'handlers'.")
+        self.segment_names = list(writer.segment_names)
+        self.case_key = writer.case_key
+        modalities = self.inference_config.get("modalities")
+        self.modalities = [str(m) for m in modalities] if isinstance(modalities, list) and len(modalities) > 1 else []
+        if self.segment_names:
+            labels = {name: k for k, name in enumerate(self.segment_names, start=1)}
+            infer_type, dimension = InferType.SEGMENTATION, writer.spatial_dims
         else:
-            labels = {f["name"]: k for k, f in enumerate(self.inference_config.get("factors", []))}
-            infer_type, dimension = InferType.CLASSIFICATION, 2
+            labels, infer_type, dimension = {}, InferType.CLASSIFICATION, 2
         version = self.meta.get("version", "")
         super().__init__(
             type=infer_type,
@@ -129,8 +125,30 @@ class BundleEvaluatorInferTask(InferTask):
             config={"device": "cpu"},
         )
         self._lock = threading.Lock()
-        if str(self.bundle_dir) not in sys.path:
-            sys.path.insert(0, str(self.bundle_dir))  # the bundle's own copy of common/
+
+    def _parser(self, **updates: Any):
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(self.bundle_dir / "configs" / "inference.json"))
+        parser.update({"bundle_root": str(self.bundle_dir), **updates})
+        parser["handlers"] = [h for h in parser["handlers"] if not _skipped(h)]
+        return parser
+
+    def _prediction_writer(self):
+        """The inference config's prediction writer, built alone (no network or checkpoint is loaded)."""
+        from pydoc import locate
+
+        from common.handlers.case_results import PredictionWriter
+
+        parser = self._parser()
+        parser.get_parsed_content("imports")
+        for k, handler in enumerate(parser["handlers"]):
+            target = handler.get("_target_", "") if isinstance(handler, dict) else ""
+            cls = locate(target) if "." in str(target) else None
+            if isinstance(cls, type) and issubclass(cls, PredictionWriter):
+                return parser.get_parsed_content(f"handlers#{k}")
+        return None
 
     def get_path(self, validate: bool = True) -> str:
         return str(self.bundle_dir / "models" / "model.pt")
@@ -138,143 +156,112 @@ class BundleEvaluatorInferTask(InferTask):
     def is_valid(self) -> bool:
         return (self.bundle_dir / "models" / "model.pt").is_file()
 
+    def _record(self, case: str, **items: Any) -> dict[str, Any]:
+        return {"case": case, self.case_key: case, **items}
+
     def _dicom_datalist(self, folder: str, case: str, work: Path) -> list[dict[str, Any]]:
         """The one-item datalist of a DICOM folder (what MONAI Label hands over for a DICOM series or study).
 
-        3-D bundles: the folder is a study (or one series) whose image series are mapped to the bundle's
-        ``modalities`` by its ``modality_rules`` (``common.dicom.study``); photograph bundles: the folder holds
-        one DICOM photograph.
+        Several modalities: the folder is a study (or one series) whose image series are mapped to the bundle's
+        ``modalities`` by its ``modality_rules`` (``common.dicom.study``); otherwise the folder holds one image.
         """
         from common.dicom.series import list_dicom_files
         from common.dicom.study import holds_dicom, map_study_modalities
 
         if not holds_dicom(Path(folder)):
             raise ValueError(f"image {folder}: a folder without DICOM files; {self.bundle_dir.name} needs a DICOM "
-                             "series/study folder, a NIfTI volume or a photograph file.")
-        if self.kind == "seg_class":
+                             "series/study folder, a NIfTI volume or an image file.")
+        if self.modalities:
             from common.data.errors import DatasetError
 
-            modalities = list(self.inference_config["modalities"])
             rules = self.inference_config.get("modality_rules")
             try:
-                series = map_study_modalities(folder, modalities, rules)
+                series = map_study_modalities(folder, self.modalities, rules)
             except DatasetError:
                 # a DICOMweb datastore hands over one series: fetch the other series of its study
                 study = _fetch_study_from_dicomweb(folder, work)
                 if study is None:
                     raise
-                series = map_study_modalities(study, modalities, rules)
-            sources = {m: series[m].source for m in modalities}
-            return [{"case": case, "image": [sources[m] for m in modalities], **sources,
-                     "dicom_series": sources[modalities[0]], "dicom_study": folder}]
+                series = map_study_modalities(study, self.modalities, rules)
+            sources = {m: series[m].source for m in self.modalities}
+            return [self._record(case, image=[sources[m] for m in self.modalities], **sources,
+                                 dicom_series=sources[self.modalities[0]], dicom_study=folder)]
         files = [path for path, _ in list_dicom_files(folder)[0]]
         if len(files) != 1:
-            raise ValueError(f"image {folder}: {self.bundle_dir.name} takes one photograph, the folder holds "
+            raise ValueError(f"image {folder}: {self.bundle_dir.name} takes one image, the folder holds "
                              f"{len(files)} DICOM files.")
-        record = {"image": str(files[0]), "case": case, "dicom_series": str(files[0])}
-        return [record] if self.kind == "fundus" else [{**record, "image_id": case}]
+        return [self._record(case, image=str(files[0]), dicom_series=str(files[0]))]
 
     def _datalist(self, image: str, case: str, work: Path) -> list[dict[str, Any]]:
         if os.path.isdir(image):
             return self._dicom_datalist(image, case, work)
-        if self.kind == "seg_class":
+        if not self.modalities:
+            return [self._record(case, image=image)]
+        import nibabel as nib
+
+        if not image.endswith((".nii", ".nii.gz")):
+            raise ValueError(
+                f"image {image}: {self.bundle_dir.name} needs a 4-D NIfTI (.nii/.nii.gz) with the modalities "
+                f"{self.modalities} on the last axis."
+            )
+        img = nib.load(image)
+        data = np.asanyarray(img.dataobj)
+        if data.ndim != 4 or data.shape[-1] != len(self.modalities):
+            raise ValueError(
+                f"image {image}: expected a 4-D NIfTI with the {len(self.modalities)} modalities {self.modalities} on "
+                f"the last axis, got shape {tuple(data.shape)}."
+            )
+        files: dict[str, str] = {}
+        for k, name in enumerate(self.modalities):
+            path = work / f"{case}_{name}.nii.gz"
+            nib.save(nib.Nifti1Image(np.asarray(data[..., k], dtype=np.float32), img.affine), str(path))
+            files[name] = str(path)
+        return [self._record(case, image=[files[m] for m in self.modalities], **files)]
+
+    def _run_evaluator(self, datalist: list[dict[str, Any]], out_dir: Path, device: str) -> dict[str, Any]:
+        """Run the bundle's evaluator; return the hand-over of its prediction writer, case -> CaseResult."""
+        from common.handlers.case_results import collect_case_results
+
+        parser = self._parser(output_dir=str(out_dir), datalist=datalist, num_workers=0,
+                              device=f"$torch.device('{device}')")
+        parser.get_parsed_content("imports")
+        evaluator = parser.get_parsed_content("evaluator")
+        results = collect_case_results(evaluator)
+        evaluator.run()
+        return results
+
+    def _answer(self, result: Any, image: str) -> tuple[str | None, dict[str, Any]]:
+        """The label file (or None) and the JSON answer of one case's hand-over."""
+        from common.handlers.case_results import label_map
+
+        def described(m: Any) -> dict[str, Any]:
+            return {"value": float(m.value) if m.finite else None, "unit": m.unit, "description": m.description}
+
+        answer: dict[str, Any] = {"bundle": self.bundle_dir.name, "version": self.meta.get("version", "")}
+        answer.update(result.details)
+        answer.update(result.values())
+        answer["measurements"] = {k: described(m) for k, m in result.measurements.items()}
+        answer["segment_measurements"] = {
+            s: {k: described(m) for k, m in values.items()} for s, values in result.segment_measurements.items()
+        }
+        answer["flags"] = list(result.flags)
+        answer["label_names"] = self.labels
+        if result.masks is None:
+            return None, answer
+        labels = label_map(result.masks)
+        if result.affine is not None:
             import nibabel as nib
 
-            modalities = list(self.inference_config["modalities"])
-            if not image.endswith((".nii", ".nii.gz")):
-                raise ValueError(
-                    f"image {image}: {self.bundle_dir.name} needs a 4-D NIfTI (.nii/.nii.gz) with the modalities "
-                    f"{modalities} on the last axis."
-                )
-            img = nib.load(image)
-            data = np.asanyarray(img.dataobj)
-            if data.ndim == 3 and len(modalities) == 1:
-                data = data[..., None]
-            if data.ndim != 4 or data.shape[-1] != len(modalities):
-                raise ValueError(
-                    f"image {image}: expected a 4-D NIfTI with the {len(modalities)} modalities {modalities} on the "
-                    f"last axis, got shape {tuple(data.shape)}."
-                )
-            record: dict[str, Any] = {"case": case}
-            for k, name in enumerate(modalities):
-                path = work / f"{case}_{name}.nii.gz"
-                nib.save(nib.Nifti1Image(np.asarray(data[..., k], dtype=np.float32), img.affine), str(path))
-                record[name] = str(path)
-            record["image"] = [record[m] for m in modalities]
-            return [record]
-        if self.kind == "fundus":
-            return [{"image": image, "case": case}]
-        return [{"image": image, "case": case, "image_id": case}]
-
-    def _run_evaluator(self, datalist: list[dict[str, Any]], out_dir: Path, device: str) -> None:
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        parser.read_config(str(self.bundle_dir / "configs" / "inference.json"))
-        parser.update(
-            {
-                "bundle_root": str(self.bundle_dir),
-                "output_dir": str(out_dir),
-                "datalist": datalist,
-                "num_workers": 0,
-                "device": f"$torch.device('{device}')",
-            }
-        )
-        parser["handlers"] = [
-            h for h in parser["handlers"] if not (isinstance(h, dict) and str(h.get("_target_", "")).startswith(
-                SERVER_SKIPPED_HANDLERS))
-        ]
-        parser.get_parsed_content("imports")
-        parser.get_parsed_content("evaluator").run()
-
-    def _result(self, out_dir: Path, case: str, image: str) -> tuple[str | None, dict[str, Any]]:
-        result: dict[str, Any] = {"bundle": self.bundle_dir.name, "version": self.meta.get("version", "")}
-        if self.kind == "factors":
-            with open(out_dir / "predictions.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
-            if len(rows) != 1:
-                raise RuntimeError(f"image {image}: expected one prediction row, got {len(rows)}.")
-            factors: dict[str, Any] = {}
-            for factor in self.inference_config.get("factors", []):
-                name, unit = factor["name"], factor.get("unit", "")
-                if factor.get("kind") == "binary":
-                    factors[name] = {
-                        "probability": float(rows[0][f"{name}_probability"]),
-                        "prediction": int(rows[0][f"{name}_prediction"]),
-                        "unit": unit,
-                    }
-                else:
-                    factors[name] = {"value": float(rows[0][name]), "unit": unit}
-            result["factors"] = factors
-            return None, result
-        folder = out_dir / case
-        cls_task = "idh" if self.kind == "seg_class" else "glaucoma"
-        json_files = sorted(folder.glob(f"{case}_*.json"))
-        if len(json_files) != 1:
-            raise RuntimeError(f"image {image}: the bundle wrote {len(json_files)} result JSON files in {folder}.")
-        row = json.loads(json_files[0].read_text())
-        cls_task = json_files[0].stem[len(case) + 1 :] or cls_task
-        if self.kind == "seg_class":
-            src = folder / f"{case}_seg.nii.gz"
             fd, label_file = tempfile.mkstemp(suffix=".nii.gz")
             os.close(fd)
-            shutil.copyfile(src, label_file)
-            row.pop("segmentation", None)
+            nib.save(nib.Nifti1Image(labels, np.asarray(result.affine, dtype=np.float64)), label_file)
         else:
             from PIL import Image
 
-            disc = np.asarray(Image.open(folder / f"{case}_disc.png")) > 0
-            cup = np.asarray(Image.open(folder / f"{case}_cup.png")) > 0
-            label = disc.astype(np.uint8) + (cup & disc).astype(np.uint8)
             fd, label_file = tempfile.mkstemp(suffix=".png")
             os.close(fd)
-            Image.fromarray(label).save(label_file)
-            for key in ("disc_mask", "cup_mask", "overlay"):
-                row.pop(key, None)
-        result.update(row)
-        result["task"] = cls_task
-        result["label_names"] = self.labels
-        return label_file, result
+            Image.fromarray(labels).save(label_file)
+        return label_file, answer
 
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         """Run the bundle on ``request["image"]`` (a file path); return (label file or None, result JSON)."""
@@ -290,7 +277,9 @@ class BundleEvaluatorInferTask(InferTask):
             work, out_dir = Path(tmp) / "input", Path(tmp) / "output"
             work.mkdir()
             datalist = self._datalist(image, case, work)
-            self._run_evaluator(datalist, out_dir, device)
-            label_file, result = self._result(out_dir, case, image)
+            results = self._run_evaluator(datalist, out_dir, device)
+            if len(results) != 1:
+                raise RuntimeError(f"image {image}: the bundle handed over {len(results)} results, expected one.")
+            label_file, answer = self._answer(next(iter(results.values())), image)
         logger.info(f"{self.bundle_dir.name}: {image} -> {label_file}")
-        return label_file, result
+        return label_file, answer
