@@ -187,10 +187,9 @@ class BundleEvaluatorInferTask(InferTask):
             return [self._record(case, image=[sources[m] for m in self.modalities], **sources,
                                  dicom_series=sources[self.modalities[0]], dicom_study=folder)]
         files = [path for path, _ in list_dicom_files(folder)[0]]
-        if len(files) != 1:
-            raise ValueError(f"image {folder}: {self.bundle_dir.name} takes one image, the folder holds "
-                             f"{len(files)} DICOM files.")
-        return [self._record(case, image=str(files[0]), dicom_series=str(files[0]))]
+        # one file (a photograph, an enhanced multi-frame volume) or the slices of one series (read as a folder)
+        source = str(files[0]) if len(files) == 1 else folder
+        return [self._record(case, image=source, dicom_series=source)]
 
     def _datalist(self, image: str, case: str, work: Path) -> list[dict[str, Any]]:
         if os.path.isdir(image):
