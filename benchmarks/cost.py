@@ -393,7 +393,9 @@ def main() -> None:
             raise SystemExit(f"{bundle}: data set folder {data} not found (give --dataset_dir)")
         if args.inference_time:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the inference.json run is a child process
-            row = measure_inference_time(spec, data, args.bundle_root, args.split, overrides, out / "inference_time.log")
+            row = measure_inference_time(
+                spec, data, args.bundle_root, args.split, overrides, out / "inference_time.log"
+            )
             _append_csv(row, out / "inference_time.csv")
             print(row, f"\nappended to {out / 'inference_time.csv'}", flush=True)
             return

@@ -174,7 +174,9 @@ def build_parser(description: str, default_fractions: Sequence[float], default_o
         "--strategy_override", nargs="*", default=[], help="strategy:key=value overrides for one strategy's runs"
     )
     parser.add_argument(
-        "--extra_configs", nargs="*", help="configs merged after train/evaluate.json (one bundle only; default: its spec's)"
+        "--extra_configs",
+        nargs="*",
+        help="configs merged after train/evaluate.json (one bundle only; default: its spec's)",
     )
     parser.add_argument("--tag", default="", help="suffix of the run folders (runs of other settings side by side)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (1 on a 2-core CPU)")
