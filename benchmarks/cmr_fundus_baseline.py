@@ -7,8 +7,8 @@
   logistic regression), the L2 strength picked on the validation split: what global colour and brightness alone
   predict, i.e. the floor a CNN that learns retinal detail should clear.
 
-    python benchmarks/cmr_fundus_baseline.py --dataset_dir ../shared/data/odir5k --extra_configs odir5k.json
-    python benchmarks/cmr_fundus_baseline.py --dataset_dir ../shared/data/odir5k --extra_configs odir5k.json \
+    python -m benchmarks.cmr_fundus_baseline --dataset_dir ../shared/data/odir5k --extra_configs odir5k.json
+    python -m benchmarks.cmr_fundus_baseline --dataset_dir ../shared/data/odir5k --extra_configs odir5k.json \
         --thumbnail 32
 """
 
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.specs import REPO
 
 
 def main() -> None:

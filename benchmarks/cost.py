@@ -16,21 +16,43 @@ strategy's overrides), one training batch is drawn from its data loader, and the
 
 Writes ``<out>/cost.csv`` (one row per bundle and strategy, plus a ``ratio`` row per bundle: multi-task / sum of
 single-task) and ``<out>/cost.png``. Issue target: training <= 0.6x and inference <= 0.55x.
+
+Two further measurements of one bundle:
+
+- ``--throughput``: training samples per second of every phase of each strategy (e.g. brats_mtl's
+  ``pretrain_finetune`` pre-trains on MIM alone, then fine-tunes the classifier), the same timed training step as
+  above, and each step time relative to the first strategy's; writes ``<out>/throughput.csv``::
+
+    python -m benchmarks.cost --bundles brats_mtl --throughput --strategies stl mtl pretrain_finetune \\
+        --threads 2 --steps 20 --warmup 3
+
+- ``--inference_time``: seconds per case of the bundle's deployed ``inference.json`` on a trained run
+  (``--bundle_root``) over one split of a data set (default: the test cases of the bundle's own split), from the
+  evaluator's own run time (loading, preprocessing, inference, post-processing and writing the outputs; process
+  start-up and model construction excluded), and the whole command's wall time; appends a row to
+  ``<out>/inference_time.csv``::
+
+    python -m benchmarks.cost --bundles glioma_seg_idh --inference_time --dataset_dir ../shared/data/lgg \\
+        --bundle_root benchmarks/results/quality/glioma_seg_idh/mtl_frac1_seed0 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import re
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
 
 from benchmarks.quality import parse_overrides
-from benchmarks.runner import write_csv
+from benchmarks.runner import run_config, write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
 
 TRAIN_TARGET, INFER_TARGET = 0.6, 0.55
@@ -41,14 +63,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_strategy(
-    spec: BundleSpec, strategy: str, dataset_dir: str, overrides: dict[str, str], device: str, steps: int, warmup: int
-) -> dict:
-    """Training-step seconds, inference seconds and used parameters of one strategy's model (see module doc)."""
+def _train_parser(spec: BundleSpec) -> ConfigParser:
+    """The bundle's ``train.json`` with its spec's extra configs merged after it, and its metadata."""
     cfg = REPO / "bundles" / spec.name / "configs"
     parser = ConfigParser()
     parser.read_config([str(cfg / "train.json"), *(str(cfg / c) for c in spec.extra_configs)])
     parser.read_meta(str(cfg / "metadata.json"))
+    return parser
+
+
+def measure_strategy(
+    spec: BundleSpec,
+    strategy: str,
+    dataset_dir: str,
+    overrides: dict[str, str],
+    device: str,
+    steps: int,
+    warmup: int,
+    phase: int = -1,
+) -> dict:
+    """Training-step seconds, inference seconds and used parameters of one strategy's model (see module doc).
+
+    ``phase`` picks the phase of the strategy's training schedule whose tasks are trained (default: the last, the
+    tasks the final model is for); the row's ``phase`` is its 0-based index and ``n_phases`` the schedule's length.
+
+    Raises:
+        ValueError: ``phase`` is not a phase of the strategy's schedule.
+    """
+    parser = _train_parser(spec)
     with tempfile.TemporaryDirectory() as root:
         values = {
             "dataset_dir": dataset_dir,
@@ -56,7 +98,7 @@ def measure_strategy(
             "device": f"$torch.device('{device}')",
             "num_workers": "0",
             **spec.overrides,
-            **spec.strategies[strategy],
+            **spec.strategy_overrides(strategy),
             **overrides,
         }
         for k, v in values.items():
@@ -65,7 +107,10 @@ def measure_strategy(
         trainer = parser.get_parsed_content("train#trainer")
         loader = parser.get_parsed_content("train#dataloader")
         batch = next(iter(loader))
-        trainer.active_tasks = list(trainer.phases[-1]["tasks"])  # the task(s) the strategy's model is for
+        n_phases = len(trainer.phases)
+        if not -n_phases <= phase < n_phases:
+            raise ValueError(f"phase must index the {n_phases} phase(s) of strategy '{strategy}', got {phase}.")
+        trainer.active_tasks = list(trainer.phases[phase]["tasks"])  # by default the task(s) of the final model
         dev = trainer.state.device
 
         times = []
@@ -104,6 +149,141 @@ def measure_strategy(
         "parameters": params,
         "device": device,
         "threads": torch.get_num_threads(),
+        "phase": phase % n_phases,
+        "n_phases": n_phases,
+    }
+
+
+def measure_throughput(
+    spec: BundleSpec,
+    strategies: Sequence[str],
+    dataset_dir: str,
+    overrides: dict[str, str],
+    device: str,
+    steps: int,
+    warmup: int,
+) -> list[dict]:
+    """Training samples per second of every phase of each strategy (the training step of :func:`measure_strategy`),
+    with ``step_time_ratio``: the step time over that of the first strategy's last phase.
+
+    Raises:
+        ValueError: ``strategies`` is empty.
+    """
+    if not strategies:
+        raise ValueError("strategies must name at least one strategy.")
+    rows = []
+    for strategy in strategies:
+        first = measure_strategy(spec, strategy, dataset_dir, overrides, device, steps, warmup, phase=0)
+        phases = [first] + [
+            measure_strategy(spec, strategy, dataset_dir, overrides, device, steps, warmup, phase=i)
+            for i in range(1, first["n_phases"])
+        ]
+        rows += phases
+    reference = next(r for r in rows if r["strategy"] == strategies[0] and r["phase"] == r["n_phases"] - 1)
+    out = []
+    for r in rows:
+        out.append(
+            {
+                "bundle": r["bundle"],
+                "strategy": r["strategy"],
+                "phase": f"{r['phase'] + 1}/{r['n_phases']}",
+                "tasks": r["tasks"],
+                "batch_size": r["batch_size"],
+                "input_shape": r["input_shape"],
+                "median_step_s": round(r["train_step_s"], 4),
+                "samples_per_s": round(r["batch_size"] / r["train_step_s"], 1),
+                "step_time_ratio": round(r["train_step_s"] / reference["train_step_s"], 2),
+                "reference": reference["strategy"],
+                "parameters": r["parameters"],
+                "device": r["device"],
+                "threads": r["threads"],
+            }
+        )
+    return out
+
+
+_ENGINE_TIME = re.compile(r"Engine run finished\. Time taken: (\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def engine_seconds(log: str) -> float:
+    """Seconds of every ignite ``Engine run finished. Time taken: H:MM:SS.sss`` line of a log, summed (NaN if
+    none)."""
+    found = _ENGINE_TIME.findall(log)
+    if not found:
+        return float("nan")
+    return sum(int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in found)
+
+
+def link_split(spec: BundleSpec, dataset_dir: str, split: str, overrides: dict[str, str], target: Path) -> list[dict]:
+    """Link the input images of one split of the bundle's own data split (``train.json``'s datalist, fractions and
+    ``split_seed``) into ``target``, at their paths relative to ``dataset_dir``; return the split's records.
+
+    Raises:
+        ValueError: the split is empty, or an image lies outside ``dataset_dir``.
+    """
+    from common.data import select_split
+
+    parser = _train_parser(spec)
+    for k, v in {"dataset_dir": dataset_dir, **spec.overrides, **overrides}.items():
+        parser[k] = _literal(v)
+    split_key = parser.get_parsed_content("split_key") if "split_key" in parser else None
+    records = select_split(
+        parser.get_parsed_content("datalist"),
+        split,
+        parser.get_parsed_content("val_fraction"),
+        parser.get_parsed_content("test_fraction"),
+        parser.get_parsed_content("split_seed"),
+        split_key=split_key,
+    )
+    if not records:
+        raise ValueError(f"split '{split}' of {dataset_dir} holds no case.")
+    base = Path(dataset_dir).resolve()
+    for r in records:
+        images = r["image"] if isinstance(r["image"], (list, tuple)) else [r["image"]]
+        for image in images:
+            source = Path(image).resolve()
+            if not source.is_relative_to(base):
+                raise ValueError(f"image {image} is not inside dataset_dir {dataset_dir}.")
+            link = target / source.relative_to(base)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(source)
+    return records
+
+
+def measure_inference_time(
+    spec: BundleSpec, dataset_dir: str, bundle_root: str, split: str, overrides: dict[str, str], log: Path
+) -> dict:
+    """Seconds per case of the bundle's ``inference.json`` (with the spec's extra configs) on the trained model in
+    ``bundle_root``, over the cases of one split of ``dataset_dir`` (see module doc); ``log`` keeps its output."""
+    if not (Path(bundle_root) / "models").is_dir():
+        raise ValueError(f"bundle_root must hold a trained run's models/ folder, got '{bundle_root}'.")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = Path(tmp) / "cases"
+        records = link_split(spec, dataset_dir, split, overrides, cases)
+        values = {
+            "dataset_dir": str(cases),
+            "bundle_root": str(Path(bundle_root).resolve()),
+            "output_dir": str(Path(tmp) / "predictions"),
+            **spec.overrides,
+            **overrides,
+        }
+        log.parent.mkdir(parents=True, exist_ok=True)
+        wall = run_config(spec.name, ["inference.json", *spec.extra_configs], values, log)
+    engine = engine_seconds(log.read_text())
+    n = len({r.get("case", i) for i, r in enumerate(records)})
+    return {
+        "bundle": spec.name,
+        "dataset": Path(dataset_dir).name,
+        "split": split,
+        "n_cases": n,
+        "n_inputs": len(records),
+        "engine_seconds": round(engine, 2),
+        "seconds_per_case": round(engine / n, 2),
+        "seconds_per_input": round(engine / len(records), 2),
+        "command_wall_seconds": round(wall, 1),
+        "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()),
     }
 
 
@@ -165,40 +345,82 @@ def plot_cost(ratios: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _append_csv(row: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--dataset_dir", help="data set folder (one bundle only; default: its ../shared/data set)")
+    parser.add_argument(
+        "--strategies", nargs="+", help="strategies to measure (default: the multi-task and single-task ones)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides (e.g. batch_size=8)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (inference time: OMP_NUM_THREADS)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/cost"))
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--throughput", action="store_true", help="training samples/s per strategy and phase")
+    mode.add_argument(
+        "--inference_time", "--inference-time", action="store_true", help="inference.json seconds per case"
+    )
+    parser.add_argument("--bundle_root", help="inference time: the trained run folder (holds models/)")
+    parser.add_argument("--split", default="test", help="inference time: the split whose cases are timed")
     args = parser.parse_args()
     if args.dataset_dir and len(args.bundles) != 1:
         raise SystemExit("--dataset_dir needs exactly one bundle in --bundles")
+    if (args.throughput or args.inference_time) and len(args.bundles) != 1:
+        raise SystemExit("--throughput and --inference_time measure exactly one bundle: give --bundles NAME")
+    if args.inference_time and not args.bundle_root:
+        raise SystemExit("--inference_time needs --bundle_root (a trained run folder)")
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.override)
+    out = Path(args.out)
     rows, ratios = [], []
     for bundle in args.bundles:
         spec = get_spec(bundle)
         data = args.dataset_dir or str(spec.default_dataset_dir)
         if not Path(data).is_dir():
             raise SystemExit(f"{bundle}: data set folder {data} not found (give --dataset_dir)")
-        strategies = [spec.mtl, *dict.fromkeys(spec.single_task.values())]
+        if args.inference_time:
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the inference.json run is a child process
+            row = measure_inference_time(
+                spec, data, args.bundle_root, args.split, overrides, out / "inference_time.log"
+            )
+            _append_csv(row, out / "inference_time.csv")
+            print(row, f"\nappended to {out / 'inference_time.csv'}", flush=True)
+            return
+        strategies = args.strategies or [spec.mtl, *dict.fromkeys(spec.single_task.values())]
+        if args.throughput:
+            rows = measure_throughput(spec, strategies, data, overrides, args.device, args.steps, args.warmup)
+            for r in rows:
+                print(r, flush=True)
+            write_csv(rows, out / "throughput.csv")
+            print(f"wrote {out / 'throughput.csv'}")
+            return
         bundle_rows = [
             measure_strategy(spec, s, data, overrides, args.device, args.steps, args.warmup) for s in strategies
         ]
         for r in bundle_rows:
             print(r, flush=True)
-        ratios.append(ratio_row(spec, bundle_rows))
-        print(ratios[-1], flush=True)
-        rows += [*bundle_rows, ratios[-1]]
-    out = Path(args.out)
+        rows += bundle_rows
+        if {spec.mtl, *spec.single_task.values()} <= set(strategies):
+            ratios.append(ratio_row(spec, bundle_rows))
+            print(ratios[-1], flush=True)
+            rows.append(ratios[-1])
     write_csv(rows, out / "cost.csv")
-    plot_cost(ratios, out / "cost.png")
-    print(f"wrote {out / 'cost.csv'} and cost.png")
+    if ratios:
+        plot_cost(ratios, out / "cost.png")
+    print(f"wrote {out / 'cost.csv'}" + (" and cost.png" if ratios else ""))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ For each test image it reports (CSV + a markdown summary):
 * the glaucoma AUC of the experts' own mean CDR (the ceiling of a vCDR-only score) beside the bundle's;
 * CPU inference seconds per image (both stages, paste-back and vCDR).
 
-    python benchmarks/fundus_glaucoma_baselines.py --run benchmarks/results/fundus_glaucoma/mtl_frac1 \\
+    python -m benchmarks.fundus_glaucoma_baselines --run benchmarks/results/quality/fundus_glaucoma/mtl_frac1_seed0 \\
         --dataset_dir ../shared/data/drishti_gs1 --out benchmarks/results/fundus_glaucoma/baselines_mtl.csv
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.specs import REPO
 
 
 def _dice(pred: torch.Tensor, true: torch.Tensor) -> float:

@@ -9,11 +9,21 @@ so the budget is equal by construction; evaluation is the bundle's ``evaluate.js
 
 Writes ``<out>/quality_runs.csv`` (one row per run), ``<out>/quality.csv`` (mean and CI per bundle, strategy and
 metric) and ``<out>/quality.png``. ``--fractions`` trains on part of the training labels (question 3 uses it).
+
+Any strategy of a bundle can be compared, not only its multi-task and single-task ones (e.g. brats_mtl's
+``pretrain_finetune``, fundus_glaucoma's ``cool``), with overrides for one strategy only, and the runs printed as a
+markdown table of chosen metrics (with the bootstrap CI ``evaluate.json`` writes beside a metric, where it does):
+
+    python -m benchmarks.quality --bundles brats_mtl --strategies mtl stl pretrain_finetune --seeds 0 \\
+        --fractions 1 0.25 --table cls_auc cls_accuracy mim_mse n_slices n_cases
+    python -m benchmarks.quality --bundles fundus_glaucoma --strategies cool --seeds 0 \\
+        --strategy_override cool:epochs=50 cool:val_interval=10 --tag epochs50 --table
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +96,45 @@ def plot_quality(rows: Sequence[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value in ("", "None", None):
+        return "n/a"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return "n/a"
+    text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    if float(v).is_integer() and "." not in str(value):
+        text = str(int(v))  # counts (n_cases, n_slices) stay integers
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if lo not in (None, "", "None") and hi not in (None, "", "None"):
+        text += f" [{float(lo):.3f}, {float(hi):.3f}]"
+    return text
+
+
+def runs_table(records: Sequence[dict], columns: Sequence[str]) -> str:
+    """Runs (``run.json`` records) as a markdown table: strategy, tag, training fraction, seed, the metric
+    ``columns`` (each with its 95% CI where the record has ``<key>_ci_low``/``_ci_high``), training minutes and
+    evaluation seconds per case."""
+    head = ["strategy", "training cases", "seed", *columns, "train min", "evaluate s/case"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        name = f"{r['strategy']} ({r['tag']})" if r.get("tag") else str(r["strategy"])
+        cells = [
+            name,
+            f"{float(r['train_fraction']):.0%}",
+            str(r.get("seed", "")),
+            *(_cell(r, c) for c in columns),
+            str(r.get("train_minutes", "")),
+            str(r.get("eval_seconds_per_case", "")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     """``key=value`` strings as a dict.
 
@@ -98,6 +147,21 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in items)
 
 
+def parse_strategy_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``strategy:key=value`` strings as strategy -> overrides.
+
+    Raises:
+        SystemExit: an item has no strategy or no ``=``.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        strategy, sep, kv = item.partition(":")
+        if not sep or not strategy:
+            raise SystemExit(f"strategy overrides must be strategy:key=value, got '{item}'")
+        out.setdefault(strategy, {}).update(parse_overrides([kv]))
+    return out
+
+
 def build_parser(description: str, default_fractions: Sequence[float], default_out: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="+", default=list(SPECS), choices=list(SPECS))
@@ -106,9 +170,22 @@ def build_parser(description: str, default_fractions: Sequence[float], default_o
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fractions", nargs="+", type=float, default=list(default_fractions))
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for every run (e.g. epochs=20)")
+    parser.add_argument(
+        "--strategy_override", nargs="*", default=[], help="strategy:key=value overrides for one strategy's runs"
+    )
+    parser.add_argument(
+        "--extra_configs",
+        nargs="*",
+        help="configs merged after train/evaluate.json (one bundle only; default: its spec's)",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the run folders (runs of other settings side by side)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (1 on a 2-core CPU)")
     parser.add_argument("--out", default=str(REPO / default_out))
     parser.add_argument("--report_only", action="store_true", help="rebuild the CSVs and plot from finished runs")
+    parser.add_argument(
+        "--table", nargs="*", metavar="METRIC", help="print the runs as a markdown table of these metrics "
+        "(none named: the bundle's headline metrics)"
+    )  # fmt: skip
     return parser
 
 
@@ -116,16 +193,26 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
     """Run (or resume) the runs ``args`` describe, then write ``<name>_runs.csv`` and ``<name>.csv``; return the
     comparison rows."""
     out = Path(args.out).resolve()
-    if args.dataset_dir and len(args.bundles) != 1:
-        raise SystemExit("--dataset_dir needs exactly one bundle in --bundles")
+    for option in ("dataset_dir", "extra_configs"):
+        if getattr(args, option) is not None and len(args.bundles) != 1:
+            raise SystemExit(f"--{option} needs exactly one bundle in --bundles")
     overrides = parse_overrides(args.override)
+    per_strategy = parse_strategy_overrides(args.strategy_override)
     runs: list[Run] = []
     for bundle in args.bundles:
         spec = get_spec(bundle)
-        for strategy in args.strategies or list(spec.strategies):
+        if args.extra_configs is not None:
+            spec = dataclasses.replace(spec, extra_configs=tuple(args.extra_configs))
+        strategies = args.strategies or list(spec.strategies)
+        unknown = sorted(set(per_strategy) - set(strategies))
+        if unknown:
+            raise SystemExit(f"--strategy_override names strategies that are not run: {unknown}")
+        for strategy in strategies:
+            spec.strategy_overrides(strategy)  # a ValueError names the bundle's strategies
             for fraction in args.fractions:
                 for seed in args.seeds:
-                    runs.append(Run(spec, strategy, seed, fraction, args.dataset_dir or "", overrides))
+                    run_overrides = {**overrides, **per_strategy.get(strategy, {})}
+                    runs.append(Run(spec, strategy, seed, fraction, args.dataset_dir or "", run_overrides, args.tag))
     runs.sort(key=lambda r: -r.fraction)  # longest runs first when several run at once
     if not args.report_only:
         for r in runs:
@@ -153,6 +240,10 @@ def main() -> None:
     title = "Multi-task vs single-task at equal budget (mean, 95% CI over seeds)"
     plot_quality(rows, Path(args.out) / "quality.png", title)
     print(f"wrote {Path(args.out) / 'quality.csv'} and quality.png")
+    if args.table is not None:
+        for bundle in args.bundles:
+            columns = args.table or [m.key for m in get_spec(bundle).metrics]
+            print(f"\n{bundle}\n\n{runs_table(collect(Path(args.out).resolve() / bundle), columns)}")
 
 
 if __name__ == "__main__":

@@ -67,17 +67,16 @@ def execute(run: Run, out: Path) -> dict:
     record_file = root / "run.json"
     if record_file.exists():
         return json.loads(record_file.read_text())
-    root.mkdir(parents=True, exist_ok=True)
     spec = run.spec
-    if run.strategy not in spec.strategies:
-        raise ValueError(f"strategy must be one of {sorted(spec.strategies)} for {spec.name}, got '{run.strategy}'.")
+    strategy = spec.strategy_overrides(run.strategy)
+    root.mkdir(parents=True, exist_ok=True)
     shared = {
         "dataset_dir": run.dataset_dir or str(spec.default_dataset_dir),
         "bundle_root": str(root),
         "seed": str(run.seed),
         "split_seed": "0",  # one split for every seed: seeds vary the training run only
         **spec.overrides,
-        **spec.strategies[run.strategy],
+        **strategy,
         **run.overrides,
     }
     t_train = run_config(
@@ -102,7 +101,7 @@ def execute(run: Run, out: Path) -> dict:
         "train_fraction": run.fraction,
         "train_minutes": round(t_train / 60, 2),
         "eval_seconds_per_case": round(t_eval / n, 3),
-        "overrides": " ".join(f"{k}={v}" for k, v in {**spec.strategies[run.strategy], **run.overrides}.items()),
+        "overrides": " ".join(f"{k}={v}" for k, v in {**strategy, **run.overrides}.items()),
         **metrics,
     }
     record_file.write_text(json.dumps(record, indent=2))

@@ -41,6 +41,8 @@ class BundleSpec:
         weighting_override: the override key that selects a loss-weighting method.
         auxiliary_tasks: tasks trained only to help the others and not run at inference (the deployed
             ``inference.json`` switches them off), so the cost benchmark's inference pass leaves them out too.
+        other_strategies: further strategies of the bundle (name -> overrides), run only when named (e.g.
+            ``--strategies``), never by default.
     """
 
     name: str
@@ -53,10 +55,22 @@ class BundleSpec:
     overrides: dict[str, str] = field(default_factory=dict)
     weighting_override: str = "weighting_name"
     auxiliary_tasks: tuple[str, ...] = ()
+    other_strategies: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def default_dataset_dir(self) -> Path:
         return SHARED_DATA / self.data
+
+    def strategy_overrides(self, strategy: str) -> dict[str, str]:
+        """The overrides that select ``strategy`` (one of ``strategies`` or ``other_strategies``).
+
+        Raises:
+            ValueError: the bundle has no such strategy.
+        """
+        known = {**self.strategies, **self.other_strategies}
+        if strategy not in known:
+            raise ValueError(f"strategy must be one of {sorted(known)} for {self.name}, got '{strategy}'.")
+        return dict(known[strategy])
 
 
 CMR_FACTORS = ("age", "sex", "diabetes", "hypertension")
@@ -71,6 +85,8 @@ SPECS: dict[str, BundleSpec] = {
         single_task={"cls": "stl"},
         metrics=(Metric("cls_auc", "tumour slice AUC", stl="stl"), Metric("cls_accuracy", "accuracy", stl="stl")),
         auxiliary_tasks=("mim",),
+        # masked-image-modelling pre-training, then classification, in the same epochs
+        other_strategies={"pretrain_finetune": {"strategy": "pretrain_finetune"}},
     ),
     "glioma_seg_idh": BundleSpec(
         name="glioma_seg_idh",
@@ -101,6 +117,7 @@ SPECS: dict[str, BundleSpec] = {
             Metric("vcdr_mae", "vCDR MAE", higher_is_better=False, stl="stl_seg"),
             Metric("glaucoma_head_auc", "glaucoma AUC (head)", stl="stl_cls"),
         ),
+        other_strategies={"cool": {"strategy": "cool"}},
     ),
     "cmr_fundus": BundleSpec(
         name="cmr_fundus",
@@ -118,6 +135,8 @@ SPECS: dict[str, BundleSpec] = {
             Metric("hypertension_auc", "hypertension AUC", stl="stl_hypertension"),
         ),
         extra_configs=("odir5k.json",),
+        # the whole factor table without propagating the priors: per-factor heads, or experts and gates
+        other_strategies={s: {"strategy": s} for s in ("independent", "moe")},
     ),
 }
 

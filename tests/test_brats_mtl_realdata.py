@@ -2,7 +2,7 @@
 
 A short run, not a quality check: it proves the bundle reads both real layouts (TCGA-LGG with t1/flair/t1ce and
 0/1 masks; BraTS 2015 with flair/t1ce, a brain mask file and labels 0-4) with no config change besides
---dataset_dir. The quality numbers come from benchmarks/brats_mtl_compare.py (see the bundle's docs).
+--dataset_dir. The quality numbers come from `python -m benchmarks.quality` (see the bundle's docs).
 """
 
 from __future__ import annotations

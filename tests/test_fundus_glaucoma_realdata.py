@@ -2,7 +2,7 @@
 
 A short run, not a quality check: the bundle reads the real layout (1024 px JPEGs, 4-expert soft maps, labels.csv
 with glaucoma, expert CDRs and the official split) with only size overrides, evaluates on the official test images
-and writes full-size masks in each photograph's own size. Quality numbers come from benchmarks/strategy_compare.py
+and writes full-size masks in each photograph's own size. Quality numbers come from `python -m benchmarks.quality`
 (see the bundle's docs).
 """
 

@@ -2,7 +2,7 @@
 
 Short runs, not a quality check: the bundle reads TCGA-LGG (t1/t1ce/flair, 0/1 masks, labels.csv with IDH status)
 and BraTS 2015 (flair/t1ce, labels 0-4, no IDH, 240x240x155 volumes larger than the crop) with only overrides. The
-quality numbers come from benchmarks/strategy_compare.py (see the bundle's docs).
+quality numbers come from `python -m benchmarks.quality` (see the bundle's docs).
 """
 
 from __future__ import annotations
