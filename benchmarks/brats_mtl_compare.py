@@ -1,7 +1,7 @@
 """Train and evaluate brats_mtl's strategies (mtl, stl, pretrain_finetune) under the same budget.
 
-For each strategy and training-set fraction it runs the bundle's own train.json then evaluate.json on the held-out
-test split through the monai.bundle CLI, and appends one row per run to a CSV (metrics, wall time, epochs).
+For each strategy and training-set fraction it runs the bundle's own train.json then evaluate.json (merged after
+train.json) on the held-out test split through the monai.bundle CLI, and appends one row per run to a CSV (metrics, wall time, epochs).
 
     python benchmarks/brats_mtl_compare.py --dataset_dir ../shared/data/lgg --out benchmarks/results/brats_mtl
 
@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.strategy_compare import run_config  # noqa: E402
 
 
-def run(config: str, overrides: dict[str, str], log: Path) -> float:
-    """Run one brats_mtl config through the monai.bundle CLI; return its wall time in seconds."""
+def run(config: str | list[str], overrides: dict[str, str], log: Path) -> float:
+    """Run one brats_mtl config (or several merged) through the monai.bundle CLI; return its wall time in seconds."""
     return run_config("brats_mtl", config, overrides, log)
 
 
@@ -73,7 +73,7 @@ def main() -> None:
             root.mkdir(parents=True, exist_ok=True)
             common = {"dataset_dir": args.dataset_dir, "bundle_root": str(root), **extra}
             t_train = run("train.json", {**common, "strategy": strategy, "train_fraction": fraction, "resume": "false"}, root / "train.log")
-            run("evaluate.json", {**common, "eval_split": "test", "output_dir": str(root / "eval")}, root / "evaluate.log")
+            run(["train.json", "evaluate.json"], {**common, "eval_split": "test", "output_dir": str(root / "eval")}, root / "evaluate.log")
             metrics = json.loads(metrics_file.read_text())
             row = {"strategy": strategy, "train_fraction": fraction, "train_minutes": round(t_train / 60, 1), **metrics,
                    "overrides": " ".join(f"{k}={v}" for k, v in extra.items())}

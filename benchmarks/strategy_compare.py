@@ -1,7 +1,7 @@
 """Train and evaluate a bundle's strategies (multi-task and single-task variants) under the same budget.
 
-For each strategy and training-set fraction it runs the bundle's own ``train.json`` then ``evaluate.json`` on the
-held-out test split through the monai.bundle CLI, and appends one row per run to ``<out>/results.csv`` (metrics,
+For each strategy and training-set fraction it runs the bundle's own ``train.json`` then ``evaluate.json`` (merged after
+``train.json``) on the held-out test split through the monai.bundle CLI, and appends one row per run to ``<out>/results.csv`` (metrics,
 training minutes, evaluation seconds per case, overrides).
 
     python benchmarks/strategy_compare.py --bundle glioma_seg_idh --dataset_dir ../shared/data/lgg \\
@@ -122,7 +122,7 @@ def main() -> None:
             )
             t_eval = run_config(
                 args.bundle,
-                ["evaluate.json", *args.extra_configs],
+                ["train.json", "evaluate.json", *args.extra_configs],
                 {**shared, "eval_split": "test", "output_dir": str(root / "eval")},
                 root / "evaluate.log",
             )

@@ -291,7 +291,7 @@ def test_cmr_fundus_classification_returns_every_factor(server):
     assert status == 200, body[:2000]
     assert ctype.startswith("application/json"), ctype  # no label image for a classification model
     result = json.loads(body)
-    names = [f["name"] for f in json.loads((REPO / "bundles/cmr_fundus/configs/inference.json").read_text())["factors"]]
+    names = [f["name"] for f in json.loads((REPO / "bundles/cmr_fundus/configs/factors.json").read_text())["factors"]]
     assert list(result["factors"]) == names
     assert 0.0 <= result["factors"]["sex"]["probability"] <= 1.0
     assert result["factors"]["age"]["unit"] == "years" and np.isfinite(result["factors"]["age"]["value"])

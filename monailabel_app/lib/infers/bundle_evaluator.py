@@ -23,6 +23,7 @@ highdicom, which cannot be installed beside pydicom<3).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -53,6 +54,19 @@ WRITER_KINDS = {
 SERVER_SKIPPED_HANDLERS = ("common.handlers.dicom_results.", "common.handlers.pacs_export.")
 # series a study fetch skips (results written back to the study, presentation states, key objects)
 NON_IMAGE_MODALITIES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "REG")
+
+
+def _bundle_factors(bundle_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The factor table of a factors bundle's ``inference.json``: its ``factors`` list, or the expression that reads
+    it (by default ``configs/factors.json`` through ``factors_file``) resolved with ``bundle_root`` at ``bundle_dir``."""
+    factors = config.get("factors", [])
+    if isinstance(factors, list):
+        return factors
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(config), globals={"os": "os", "json": "json", "pathlib": "pathlib"})
+    parser["bundle_root"] = str(bundle_dir)
+    return list(parser.get_parsed_content("factors"))
 
 
 def _fetch_study_from_dicomweb(series_dir: str, work: Path) -> Path | None:
@@ -118,7 +132,8 @@ class BundleEvaluatorInferTask(InferTask):
             labels = {name: k for k, name in enumerate(self.inference_config.get("regions", []), start=1)}
             infer_type, dimension = InferType.SEGMENTATION, 2
         else:
-            labels = {f["name"]: k for k, f in enumerate(self.inference_config.get("factors", []))}
+            self.factors = _bundle_factors(self.bundle_dir, self.inference_config)
+            labels = {f["name"]: k for k, f in enumerate(self.factors)}
             infer_type, dimension = InferType.CLASSIFICATION, 2
         version = self.meta.get("version", "")
         super().__init__(
@@ -235,7 +250,7 @@ class BundleEvaluatorInferTask(InferTask):
             if len(rows) != 1:
                 raise RuntimeError(f"image {image}: expected one prediction row, got {len(rows)}.")
             factors: dict[str, Any] = {}
-            for factor in self.inference_config.get("factors", []):
+            for factor in self.factors:
                 name, unit = factor["name"], factor.get("unit", "")
                 if factor.get("kind") == "binary":
                     factors[name] = {
