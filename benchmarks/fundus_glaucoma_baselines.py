@@ -51,7 +51,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     run = Path(args.run)
     cfg = ConfigParser()
-    cfg.read_config(str(REPO / "bundles" / "fundus_glaucoma" / "configs" / "evaluate.json"))
+    configs = REPO / "bundles" / "fundus_glaucoma" / "configs"
+    cfg.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])  # evaluate.json overrides train.json
     overrides = {"dataset_dir": args.dataset_dir, "ckpt_dir": str(run / "models"), "eval_split": "test"}
     for item in args.override:
         key, value = item.split("=", 1)

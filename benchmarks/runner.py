@@ -87,7 +87,7 @@ def execute(run: Run, out: Path) -> dict:
     )
     t_eval = run_config(
         spec.name,
-        ["evaluate.json", *spec.extra_configs],
+        ["train.json", "evaluate.json", *spec.extra_configs],
         {**shared, "eval_split": "test", "output_dir": str(root / "eval")},
         root / "evaluate.log",
     )

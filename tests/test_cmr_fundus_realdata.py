@@ -70,7 +70,7 @@ def test_odir5k_subset_train_and_evaluate(tmp_path):
     data = _odir_subset(tmp_path, 30)
     over = {"dataset_dir": str(data), "bundle_root": str(tmp_path / "b"), "epochs": 1, **SMALL}
     run_bundle(BUNDLE, ["train.json", "odir5k.json"], over)
-    run_bundle(BUNDLE, ["evaluate.json", "odir5k.json"], {**over, "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json", "odir5k.json"], {**over, "output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     n_images = sum(1 for _ in (data / "images").iterdir())
     assert metrics["n_patients"] == 30 and metrics["n_images"] == n_images
@@ -102,7 +102,7 @@ def test_les_av_blood_pressure_end_to_end(tmp_path):
     text = log.stdout + log.stderr
     assert "SBP=412 is outside the plausible range [60, 260] mmHg; value excluded (missing)" in text
     assert "excluded {'sbp value': 1} (on_invalid='exclude')" in text
-    run_bundle(BUNDLE, ["evaluate.json", "les_av.json"], {**over, "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json", "les_av.json"], {**over, "output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_images"] == 22 and metrics["sbp_n"] == 21 and metrics["dbp_n"] == 22
     assert 0 < metrics["sbp_mae"] < 100 and 0 < metrics["dbp_mae"] < 60  # mmHg

@@ -576,7 +576,7 @@ def test_handler_factors_and_slices(mr, photo, tmp_path):
     from common.handlers import FactorPredictionWriter, SlicePredictionWriter
     from common.handlers.dicom_results import DicomResultWriter
 
-    with open(os.path.join(REPO, "bundles", "cmr_fundus", "configs", "inference.json")) as f:
+    with open(os.path.join(REPO, "bundles", "cmr_fundus", "configs", "factors.json")) as f:
         factors = [f for f in json.load(f)["factors"] if f["name"] in ("sex", "age", "sbp", "bmi")]
     names = [f["name"] for f in factors]
     values = {"sex": float(np.log(0.7 / 0.3)), "age": 58.25, "sbp": 128.5, "bmi": 23.75}

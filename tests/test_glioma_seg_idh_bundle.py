@@ -91,7 +91,7 @@ def test_evaluate_writes_issue_metrics(trained, data_dir):
     out = trained / "eval_out"
     run_bundle(
         BUNDLE,
-        "evaluate.json",
+        ["train.json", "evaluate.json"],
         {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
     )
     metrics = json.loads((out / "metrics.json").read_text())
@@ -179,7 +179,7 @@ def test_brats_regions_by_override(data_dir, tmp_path):
         **SMALL,
     }
     run_bundle(BUNDLE, "train.json", over)
-    run_bundle(BUNDLE, "evaluate.json", {**over, "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], {**over, "output_dir": str(tmp_path / "eval")})
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"dice_wt", "dice_tc", "dice_et", "hd95_wt", "dice_mean"} <= set(metrics)
     assert metrics["dice_mean"] == pytest.approx(np.mean([metrics["dice_wt"], metrics["dice_tc"], metrics["dice_et"]]))
@@ -305,12 +305,12 @@ def test_train_evaluate_inference_networks_agree():
     from monai.bundle import ConfigParser
 
     shapes = []
-    for cfg in ("train.json", "evaluate.json", "inference.json"):
+    for cfg in ("train.json", "inference.json"):  # evaluate.json is merged over train.json: it has no network
         parser = ConfigParser()
         parser.read_config(str(CFG / cfg))
         net = parser.get_parsed_content("network_def")
         shapes.append({k: tuple(v.shape) for k, v in net.state_dict().items()})
-    assert shapes[0] == shapes[1] == shapes[2]
+    assert shapes[0] == shapes[1]
 
 
 @pytest.mark.slow

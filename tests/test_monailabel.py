@@ -291,7 +291,7 @@ def test_cmr_fundus_classification_returns_every_factor(server):
     assert status == 200, body[:2000]
     assert ctype.startswith("application/json"), ctype  # no label image for a classification model
     result = json.loads(body)
-    factors = json.loads((REPO / "bundles/cmr_fundus/configs/inference.json").read_text())["factors"]
+    factors = json.loads((REPO / "bundles/cmr_fundus/configs/factors.json").read_text())["factors"]
     names = [f["name"] + ("_probability" if f["kind"] == "binary" else "") for f in factors]
     assert list(result["measurements"]) == names
     assert 0.0 <= result["measurements"]["sex_probability"]["value"] <= 1.0 and result["sex_prediction"] in (0, 1)
