@@ -56,8 +56,9 @@ def test_crop_near_the_border_pads_with_zeros():
 
 def test_disc_cropd_jitter_stays_in_range_and_empty_disc_is_an_error():
     mask = _disc_image()
-    t = DiscCropd(["image", "disc"], box_key="disc", out_size=32, crop_factor=2.0, centre_jitter=0.1,
-                  scale_range=(0.8, 1.25))
+    t = DiscCropd(
+        ["image", "disc"], box_key="disc", out_size=32, crop_factor=2.0, centre_jitter=0.1, scale_range=(0.8, 1.25)
+    )
     t.set_random_state(0)
     base = crop_box_from_mask(mask, 2.0)
     for _ in range(20):
@@ -83,17 +84,21 @@ def test_vertical_cdr():
 def test_vcdr_logistic_fit_orders_by_cdr_and_needs_both_classes():
     records = [{"cdr": c, "glaucoma": int(c > 0.55)} for c in np.linspace(0.3, 0.9, 13)]
     records[3]["glaucoma"], records[9]["glaucoma"] = 1, 0  # overlap, so the fit is finite
-    slope, intercept = fit_vcdr_logistic(records)
+    slope, intercept = fit_vcdr_logistic(records, label_key="glaucoma")
     assert slope > 1 and -intercept / slope == pytest.approx(0.6, abs=0.1)
     with pytest.raises(ValueError, match="at least one 'glaucoma' = 0 and one = 1"):
-        fit_vcdr_logistic([{"cdr": 0.5, "glaucoma": 1}, {"cdr": 0.7, "glaucoma": 1}])
+        fit_vcdr_logistic([{"cdr": 0.5, "glaucoma": 1}, {"cdr": 0.7, "glaucoma": 1}], label_key="glaucoma")
 
 
 def test_vcdr_metrics_count_missing_predictions_as_errors():
     m = VCDRMetrics()
     m.reset()
-    m.update({"pred": {"vcdr": torch.tensor([0.5, float("nan"), 0.4])},
-              "label": {"cdr": torch.tensor([0.6, 0.7, float("nan")])}})
+    m.update(
+        {
+            "pred": {"vcdr": torch.tensor([0.5, float("nan"), 0.4])},
+            "label": {"cdr": torch.tensor([0.6, 0.7, float("nan")])},
+        }
+    )
     out = m.compute()
     assert out["vcdr_n"] == 2 and out["vcdr_mae"] == pytest.approx((0.1 + 0.7) / 2)
 
@@ -104,7 +109,7 @@ def fundus_dir(tmp_path_factory):
 
 
 def test_synthetic_fundus_datalist_and_predefined_test_split(fundus_dir):
-    records = build_fundus_datalist(fundus_dir)
+    records = build_fundus_datalist(fundus_dir, label_column="glaucoma")
     assert len(records) == 8 and {r["split"] for r in records} == {"train", "test"}
     assert all(r["glaucoma"] in (0, 1) and 0 < r["cdr"] < 1 for r in records)
     test = select_split(records, "test", 0.25, 0.25, 0, split_key="split")
@@ -137,23 +142,23 @@ def test_datalist_errors_name_the_file(fundus_dir, tmp_path):
     shutil.copytree(fundus_dir, bad)
     (bad / "masks" / "fundus_002_cup.png").unlink()
     with pytest.raises(DatasetError, match=r"case 'fundus_002', file .*fundus_002_cup.png: 'cup' mask is missing"):
-        build_fundus_datalist(bad)
-    assert build_fundus_datalist(bad, require_masks=False)[2]["cup"] is None
+        build_fundus_datalist(bad, label_column="glaucoma")
+    assert build_fundus_datalist(bad, label_column="glaucoma", require_masks=False)[2]["cup"] is None
     shutil.copy(fundus_dir / "masks" / "fundus_002_cup.png", bad / "masks")
     _rewrite_labels(bad, "fundus_003", "glaucoma", "suspect")
     with pytest.raises(DatasetError, match=r"case 'fundus_003', file .*labels.csv: glaucoma='suspect' is not 1, 0"):
-        build_fundus_datalist(bad)
+        build_fundus_datalist(bad, label_column="glaucoma")
     _rewrite_labels(bad, "fundus_003", "glaucoma", "1")
     _rewrite_labels(bad, "fundus_004", "cdr_expert2", "1.7")
     with pytest.raises(DatasetError, match=r"cdr_expert2=1.7 is outside \[0, 1\]"):
-        build_fundus_datalist(bad)
+        build_fundus_datalist(bad, label_column="glaucoma")
     _rewrite_labels(bad, "fundus_004", "cdr_expert2", "0.5")
     (bad / "images" / "fundus_005.jpg").unlink()
     with pytest.raises(DatasetError, match=r"case 'fundus_005'.*listed in the label file but no image"):
-        build_fundus_datalist(bad)
+        build_fundus_datalist(bad, label_column="glaucoma")
     (bad / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
-        build_fundus_datalist(bad, image_dir="empty")
+        build_fundus_datalist(bad, label_column="glaucoma", image_dir="empty")
 
 
 @pytest.mark.parametrize(
@@ -205,8 +210,14 @@ class _CropNet(nn.Module):
 
 
 def test_disc_crop_inferer_maps_back_to_full_size_and_fuses_scores():
-    inferer = DiscCropInferer(_BlobLocator(64), locator_size=64, crop_size=32, crop_factor=2.0,
-                              vcdr_logistic=(10.0, -5.0))
+    inferer = DiscCropInferer(
+        _BlobLocator(64),
+        cls_task="glaucoma",
+        locator_size=64,
+        crop_size=32,
+        crop_factor=2.0,
+        vcdr_logistic=(10.0, -5.0),
+    )
     image = torch.rand(1, 3, 128, 192) * 0.5
     image[..., 40:56, 120:144] += 0.5  # a bright disc where the locator puts it (rows 20-27, cols 40-47 of 64)
     out = inferer(image, _CropNet())
@@ -221,23 +232,28 @@ def test_disc_crop_inferer_maps_back_to_full_size_and_fuses_scores():
 
 
 def test_disc_crop_inferer_flags_images_without_a_disc():
-    out = DiscCropInferer(_BlobLocator(64, found=False), locator_size=64, crop_size=32)(
+    out = DiscCropInferer(_BlobLocator(64, found=False), cls_task="glaucoma", locator_size=64, crop_size=32)(
         torch.rand(2, 3, 100, 100), _CropNet()
     )
     assert out["disc_found"].tolist() == [0.0, 0.0]
     # a locator that "finds" a disc on a uniform image: implausible (no brighter structure), flagged too
     uniform = torch.full((1, 3, 100, 100), 0.3)
-    out = DiscCropInferer(_BlobLocator(64), locator_size=64, crop_size=32)(uniform, _CropNet())
+    out = DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", locator_size=64, crop_size=32)(uniform, _CropNet())
     assert out["disc_found"].tolist() == [0.0]
     assert torch.equal(out["glaucoma_fused"], out["glaucoma"])  # no vCDR model: the head's score
 
 
 def test_build_trainer_picks_cooperative_by_argument():
     net = nn.Linear(2, 1)
-    kw = dict(device="cpu", max_epochs=1, train_data_loader=[{}], network=net,
-              optimizer=torch.optim.SGD(net.parameters(), 0.1),
-              loss_function=MultiTaskLoss({"a": {"loss": nn.MSELoss(), "target": "a"}}),
-              weighting=EqualWeighting(["a"]))
+    kw = dict(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[{}],
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), 0.1),
+        loss_function=MultiTaskLoss({"a": {"loss": nn.MSELoss(), "target": "a"}}),
+        weighting=EqualWeighting(["a"]),
+    )
     assert type(build_trainer(None, **kw)) is MultiTaskTrainer
     with pytest.raises(ValueError, match="cooperative must be None or a mapping"):
         build_trainer(0.05, **kw)
@@ -251,9 +267,9 @@ def test_disc_crop_inferer_fuses_only_the_trained_sources():
     image[..., 40:56, 120:144] += 0.5
     args = dict(locator_size=64, crop_size=32, vcdr_logistic=(10.0, -5.0))
     net = _CropNet()
-    seg_only = DiscCropInferer(_BlobLocator(64), sources=("vcdr",), **args)(image, net)
+    seg_only = DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", sources=("vcdr",), **args)(image, net)
     assert torch.equal(seg_only["glaucoma_fused"], seg_only["glaucoma_vcdr"])
-    cls_only = DiscCropInferer(_BlobLocator(64), sources=("head",), **args)(image, net)
+    cls_only = DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", sources=("head",), **args)(image, net)
     assert torch.equal(cls_only["glaucoma_fused"], cls_only["glaucoma"])
     with pytest.raises(ValueError, match="sources must name"):
-        DiscCropInferer(_BlobLocator(64), sources=("cdr",))
+        DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", sources=("cdr",))

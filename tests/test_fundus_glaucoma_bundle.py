@@ -81,7 +81,7 @@ def test_evaluate_writes_issue_metrics(trained, data_dir):
                {"dataset_dir": str(data_dir), "bundle_root": str(trained), "eval_split": "test", **SMALL})
     metrics = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
-    n_test = len(select_split(build_fundus_datalist(data_dir), "test", 0.15, 0.2, 0, split_key="split"))
+    n_test = len(select_split(build_fundus_datalist(data_dir, label_column="glaucoma"), "test", 0.15, 0.2, 0, split_key="split"))
     assert metrics["n_images"] == n_test == 4
     assert 0 <= metrics["disc_dice"] <= 1 and 0 <= metrics["cup_dice"] <= 1 and metrics["vcdr_mae"] >= 0
     assert metrics["dice_mean"] == pytest.approx((metrics["disc_dice"] + metrics["cup_dice"]) / 2)

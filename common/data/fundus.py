@@ -41,7 +41,7 @@ def build_fundus_datalist(
     mask_dir: str = "masks",
     masks: Mapping[str, str] | None = None,
     labels_csv: str | None = "labels.csv",
-    label_column: str = "glaucoma",
+    label_column: str = "label",
     cdr_prefix: str = "cdr",
     split_column: str = "source_split",
     require_masks: bool = True,

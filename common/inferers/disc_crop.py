@@ -82,7 +82,7 @@ class DiscCropInferer(Inferer):
         crop_size: int = 160,
         crop_factor: float = 2.0,
         seg_task: str = "seg",
-        cls_task: str = "glaucoma",
+        cls_task: str = "cls",
         vcdr_logistic: Sequence[float] | None = None,
         default_disc_fraction: float = 0.15,
         max_disc_area: float = 0.25,

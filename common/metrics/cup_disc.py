@@ -30,7 +30,7 @@ def vertical_cdr(disc: np.ndarray | torch.Tensor, cup: np.ndarray | torch.Tensor
 
 
 def fit_vcdr_logistic(
-    records: Sequence[dict], cdr_key: str = "cdr", label_key: str = "glaucoma", l2: float = 1e-3, iters: int = 50
+    records: Sequence[dict], cdr_key: str = "cdr", label_key: str = "label", l2: float = 1e-3, iters: int = 50
 ) -> list[float]:
     """Fit ``logit P(label) = slope * cdr + intercept`` on training records (Newton's method, small L2 penalty).
 

@@ -18,7 +18,7 @@ __all__ = ["KeepOneComponentLogits", "SegRegionsd", "keep_largest_component_logi
 
 def _check_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
     if not regions:
-        raise ValueError("regions must name at least one region, e.g. {'tumour': [1]}.")
+        raise ValueError("regions must name at least one region, e.g. {'lesion': [1]}.")
     out = {}
     for name, labels in regions.items():
         values = [
