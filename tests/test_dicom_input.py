@@ -22,8 +22,8 @@ from pydicom.pixels import convert_color_space
 from scipy.spatial.transform import Rotation
 
 from common.data import build_brats_datalist, build_fundus_datalist, generate_brats_like
-from common.data.errors import DatasetError
-from common.data.factors import list_fundus_images
+from common.errors import DatasetError
+from common.data import list_fundus_images
 from common.data.slices import load_case_volumes
 from common.dicom import (
     DicomPhotoReader,

@@ -403,7 +403,7 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
 
     from common.dicom import DicomSeriesReader
     from common.handlers import SegClassPredictionWriter
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import DicomResultWriter
 
     if source == "slices":
         folder, reader = os.path.dirname(mr[0].filename), "PydicomReader"
@@ -473,7 +473,7 @@ def test_handler_fundus_photo(photo, tmp_path):
     from ignite.engine import Engine
 
     from common.handlers import FundusPredictionWriter
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import DicomResultWriter
 
     rgb = torch.as_tensor(photo.pixel_array).permute(2, 0, 1)[None].float() / 255
     disc = torch.zeros(photo.Rows, photo.Columns, dtype=torch.bool)

@@ -4,28 +4,36 @@ Standard codes come from ``pydicom.sr.codedict.codes`` where pydicom lists them 
 meaning below are pydicom's); others cite their source (SNOMED CT, LOINC, NCI Thesaurus) in a comment. Concepts with
 no standard code use the private coding scheme :data:`PRIVATE_SCHEME`, declared in every SR by
 :func:`private_scheme_identification`.
+
+The tables (:func:`segment_codes`, :func:`measurement_codes`) are built on first use: they need highdicom, which
+an environment that only reads DICOM (MONAI Label's) may lack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
-from highdicom.sr import CodedConcept
+from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+
+CodedConcept, _ = optional_import(
+    "highdicom.sr", name="CodedConcept", descriptor="{} failed: DICOM SEG/SR output needs `pip install highdicom`"
+)
 
 __all__ = [
     "PRIVATE_SCHEME",
     "PRIVATE_SCHEME_NAME",
-    "SEGMENT_CODES",
-    "MEASUREMENT_CODES",
-    "SegmentCode",
     "MeasurementCode",
+    "SegmentCode",
+    "measurement_code",
+    "measurement_codes",
     "private_code",
     "private_scheme_identification",
     "segment_code",
-    "measurement_code",
+    "segment_codes",
 ]
 
 PRIVATE_SCHEME = "99MTLMONAI"
@@ -59,36 +67,38 @@ class SegmentCode:
     region: CodedConcept | None = None
 
 
-_ABNORMAL = _code(codes.SCT.MorphologicallyAbnormalStructure)  # SCT 49755003, CID 7150
-_ANATOMY = _code(codes.SCT.AnatomicalStructure)  # SCT 91723000, CID 7150
-_BRAIN = _code(codes.SCT.Brain)  # SCT 12738006
-_EYE = _code(codes.SCT.Eye)  # SCT 81745001
-_NEOPLASM = _code(codes.SCT.Neoplasm)  # SCT 108369006, CID 7151
-# NCI Thesaurus C113842 "Enhancing Lesion" (pydicom codes.NCIt.EnhancingLesion, CID 7151)
-_ENHANCING = _code(codes.NCIt.EnhancingLesion)
-
-SEGMENT_CODES: dict[str, SegmentCode] = {
-    # glioma / BraTS regions: the standard category of lesions is "Morphologically abnormal structure" and the
-    # type "Neoplasm" (SNOMED 108369006); the segment label tells the BraTS region apart.
-    "tumour": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "glioma": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "wt": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "whole_tumour": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "tc": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "tumour_core": SegmentCode(_ABNORMAL, _NEOPLASM, _BRAIN),
-    "et": SegmentCode(_ABNORMAL, _ENHANCING, _BRAIN),
-    "enhancing_tumour": SegmentCode(_ABNORMAL, _ENHANCING, _BRAIN),
-    "necrosis": SegmentCode(_ABNORMAL, _code(codes.SCT.Necrosis), _BRAIN),  # SCT 6574001
-    "edema": SegmentCode(_ABNORMAL, _code(codes.SCT.Edema), _BRAIN),  # SCT 79654002
-    # a FLAIR hyperintensity: SCT 52988006 "Lesion"
-    "flair_abnormality": SegmentCode(_ABNORMAL, _code(codes.SCT.Lesion), _BRAIN),
-    # fundus: SCT 81016008 "Optic disc structure" (pydicom codes.SCT.OpticDiscStructure)
-    "disc": SegmentCode(_ANATOMY, _code(codes.SCT.OpticDiscStructure), _EYE),
-    "optic_disc": SegmentCode(_ANATOMY, _code(codes.SCT.OpticDiscStructure), _EYE),
-    # the physiologic cup of the optic disc: no code in pydicom's dictionary that could be checked here -> private
-    "cup": SegmentCode(_ANATOMY, private_code("OPTIC_CUP", "Optic cup"), _EYE),
-    "optic_cup": SegmentCode(_ANATOMY, private_code("OPTIC_CUP", "Optic cup"), _EYE),
-}
+@cache
+def segment_codes() -> dict[str, SegmentCode]:
+    """The codes of the segments the bundles write, by lower-case name (built once, on first use)."""
+    abnormal = _code(codes.SCT.MorphologicallyAbnormalStructure)  # SCT 49755003, CID 7150
+    anatomy = _code(codes.SCT.AnatomicalStructure)  # SCT 91723000, CID 7150
+    brain = _code(codes.SCT.Brain)  # SCT 12738006
+    eye = _code(codes.SCT.Eye)  # SCT 81745001
+    neoplasm = _code(codes.SCT.Neoplasm)  # SCT 108369006, CID 7151
+    # NCI Thesaurus C113842 "Enhancing Lesion" (pydicom codes.NCIt.EnhancingLesion, CID 7151)
+    enhancing = _code(codes.NCIt.EnhancingLesion)
+    return {
+        # glioma / BraTS regions: the standard category of lesions is "Morphologically abnormal structure" and the
+        # type "Neoplasm" (SNOMED 108369006); the segment label tells the BraTS region apart.
+        "tumour": SegmentCode(abnormal, neoplasm, brain),
+        "glioma": SegmentCode(abnormal, neoplasm, brain),
+        "wt": SegmentCode(abnormal, neoplasm, brain),
+        "whole_tumour": SegmentCode(abnormal, neoplasm, brain),
+        "tc": SegmentCode(abnormal, neoplasm, brain),
+        "tumour_core": SegmentCode(abnormal, neoplasm, brain),
+        "et": SegmentCode(abnormal, enhancing, brain),
+        "enhancing_tumour": SegmentCode(abnormal, enhancing, brain),
+        "necrosis": SegmentCode(abnormal, _code(codes.SCT.Necrosis), brain),  # SCT 6574001
+        "edema": SegmentCode(abnormal, _code(codes.SCT.Edema), brain),  # SCT 79654002
+        # a FLAIR hyperintensity: SCT 52988006 "Lesion"
+        "flair_abnormality": SegmentCode(abnormal, _code(codes.SCT.Lesion), brain),
+        # fundus: SCT 81016008 "Optic disc structure" (pydicom codes.SCT.OpticDiscStructure)
+        "disc": SegmentCode(anatomy, _code(codes.SCT.OpticDiscStructure), eye),
+        "optic_disc": SegmentCode(anatomy, _code(codes.SCT.OpticDiscStructure), eye),
+        # the physiologic cup of the optic disc: no code in pydicom's dictionary that could be checked here -> private
+        "cup": SegmentCode(anatomy, private_code("OPTIC_CUP", "Optic cup"), eye),
+        "optic_cup": SegmentCode(anatomy, private_code("OPTIC_CUP", "Optic cup"), eye),
+    }
 
 
 def segment_code(name: str, table: Mapping[str, SegmentCode] | None = None) -> SegmentCode:
@@ -97,7 +107,7 @@ def segment_code(name: str, table: Mapping[str, SegmentCode] | None = None) -> S
     Raises:
         ValueError: ``name`` is not in the table.
     """
-    table = SEGMENT_CODES if table is None else table
+    table = segment_codes() if table is None else table
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     if key not in table:
         raise ValueError(f"segment name '{name}' has no codes; known: {sorted(table)}.")
@@ -120,39 +130,45 @@ def _ucum(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
 
 
-_NO_UNITS = _code(codes.UCUM.NoUnits)  # UCUM "1"
-_RATIO = _code(codes.UCUM.Ratio)  # UCUM "{ratio}"
+def _no_units() -> CodedConcept:
+    return _code(codes.UCUM.NoUnits)  # UCUM "1"
 
-MEASUREMENT_CODES: dict[str, MeasurementCode] = {
-    # LOINC codes (loinc.org): 30525-0 Age, 8302-2 Body height, 29463-7 Body weight, 39156-5 BMI,
-    # 8480-6 / 8462-4 systolic / diastolic blood pressure (pydicom codes.LN.IntravascularSystolic/Diastolic...),
-    # 2345-7 Glucose [Mass/volume] in Serum or Plasma, 4548-4 Hemoglobin A1c/Hemoglobin.total in Blood,
-    # 8280-0 Waist circumference at umbilicus by tape measure
-    "age": MeasurementCode(_ln("30525-0", "Age"), _ucum("a", "year")),
-    "height": MeasurementCode(_ln("8302-2", "Body height"), _ucum("cm", "centimeter")),
-    "weight": MeasurementCode(_ln("29463-7", "Body weight"), _ucum("kg", "kilogram")),
-    "bmi": MeasurementCode(
-        _ln("39156-5", "Body mass index (BMI) [Ratio]"), _ucum("kg/m2", "kilogram per square meter")
-    ),
-    "waist": MeasurementCode(
-        _ln("8280-0", "Waist Circumference at umbilicus by Tape measure"), _ucum("cm", "centimeter")
-    ),
-    "sbp": MeasurementCode(_ln("8480-6", "Systolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
-    "dbp": MeasurementCode(_ln("8462-4", "Diastolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
-    "glucose": MeasurementCode(
-        _ln("2345-7", "Glucose [Mass/volume] in Serum or Plasma"), _ucum("mg/dL", "milligram per deciliter")
-    ),
-    "hba1c": MeasurementCode(_ln("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"), _code(codes.UCUM.Percent)),
-    # vertical cup-to-disc ratio: no standard code found -> private
-    "vcdr": MeasurementCode(private_code("VCDR", "Vertical cup-to-disc ratio"), _RATIO),
-    # volume of a segment: SCT 118565006 "Volume" (pydicom codes.SCT.Volume), UCUM mm3
-    "volume": MeasurementCode(_code(codes.SCT.Volume), _code(codes.UCUM.CubicMillimeter)),
-    # probabilities of a class: no standard codes -> private, unit "1" (a fraction in [0, 1])
-    "idh_probability": MeasurementCode(private_code("IDH_MUT_PROB", "IDH mutation probability"), _NO_UNITS),
-    "glaucoma_probability": MeasurementCode(private_code("GLAUCOMA_PROB", "Glaucoma probability"), _NO_UNITS),
-    "tumour_probability": MeasurementCode(private_code("TUMOUR_PROB", "Tumour presence probability"), _NO_UNITS),
-    "sex_probability": MeasurementCode(private_code("MALE_SEX_PROB", "Probability of male sex"), _NO_UNITS),
-}
+
+@cache
+def measurement_codes() -> dict[str, MeasurementCode]:
+    """The concepts and units of the measurements the bundles report, by lower-case name (built once, on first
+    use)."""
+    no_units, ratio = _no_units(), _code(codes.UCUM.Ratio)  # UCUM "1" and "{ratio}"
+    return {
+        # LOINC codes (loinc.org): 30525-0 Age, 8302-2 Body height, 29463-7 Body weight, 39156-5 BMI,
+        # 8480-6 / 8462-4 systolic / diastolic blood pressure (pydicom codes.LN.IntravascularSystolic/Diastolic...),
+        # 2345-7 Glucose [Mass/volume] in Serum or Plasma, 4548-4 Hemoglobin A1c/Hemoglobin.total in Blood,
+        # 8280-0 Waist circumference at umbilicus by tape measure
+        "age": MeasurementCode(_ln("30525-0", "Age"), _ucum("a", "year")),
+        "height": MeasurementCode(_ln("8302-2", "Body height"), _ucum("cm", "centimeter")),
+        "weight": MeasurementCode(_ln("29463-7", "Body weight"), _ucum("kg", "kilogram")),
+        "bmi": MeasurementCode(
+            _ln("39156-5", "Body mass index (BMI) [Ratio]"), _ucum("kg/m2", "kilogram per square meter")
+        ),
+        "waist": MeasurementCode(
+            _ln("8280-0", "Waist Circumference at umbilicus by Tape measure"), _ucum("cm", "centimeter")
+        ),
+        "sbp": MeasurementCode(_ln("8480-6", "Systolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
+        "dbp": MeasurementCode(_ln("8462-4", "Diastolic blood pressure"), _ucum("mm[Hg]", "millimeter of mercury")),
+        "glucose": MeasurementCode(
+            _ln("2345-7", "Glucose [Mass/volume] in Serum or Plasma"), _ucum("mg/dL", "milligram per deciliter")
+        ),
+        "hba1c": MeasurementCode(_ln("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"), _code(codes.UCUM.Percent)),
+        # vertical cup-to-disc ratio: no standard code found -> private
+        "vcdr": MeasurementCode(private_code("VCDR", "Vertical cup-to-disc ratio"), ratio),
+        # volume of a segment: SCT 118565006 "Volume" (pydicom codes.SCT.Volume), UCUM mm3
+        "volume": MeasurementCode(_code(codes.SCT.Volume), _code(codes.UCUM.CubicMillimeter)),
+        # probabilities of a class: no standard codes -> private, unit "1" (a fraction in [0, 1])
+        "idh_probability": MeasurementCode(private_code("IDH_MUT_PROB", "IDH mutation probability"), no_units),
+        "glaucoma_probability": MeasurementCode(private_code("GLAUCOMA_PROB", "Glaucoma probability"), no_units),
+        "tumour_probability": MeasurementCode(private_code("TUMOUR_PROB", "Tumour presence probability"), no_units),
+        "sex_probability": MeasurementCode(private_code("MALE_SEX_PROB", "Probability of male sex"), no_units),
+    }
 
 
 def measurement_code(name: str, table: Mapping[str, MeasurementCode] | None = None) -> MeasurementCode:
@@ -163,11 +179,12 @@ def measurement_code(name: str, table: Mapping[str, MeasurementCode] | None = No
     Raises:
         ValueError: ``name`` is not in the table and is not a probability.
     """
-    table = MEASUREMENT_CODES if table is None else table
+    table = measurement_codes() if table is None else table
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     if key in table:
         return table[key]
     if key.endswith("_probability"):
         stem = key[: -len("_probability")]
-        return MeasurementCode(private_code(f"{stem.upper()}_PROB", f"{stem.replace('_', ' ')} probability"), _NO_UNITS)
+        concept = private_code(f"{stem.upper()}_PROB", f"{stem.replace('_', ' ')} probability")
+        return MeasurementCode(concept, _no_units())
     raise ValueError(f"measurement name '{name}' has no code; known: {sorted(table)}.")

@@ -6,13 +6,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-import highdicom as hd
+from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from common.dicom.codes import MeasurementCode, measurement_code, private_scheme_identification
-from common.dicom.frames import has_geometry, is_multiframe_volume, sort_source_datasets
-from common.dicom.seg import MANUFACTURER
+from .codes import MeasurementCode, measurement_code, private_scheme_identification
+from .frames import has_geometry, is_multiframe_volume, sort_source_datasets
+from .seg import MANUFACTURER
+
+hd, _ = optional_import("highdicom", descriptor="{} failed: DICOM SEG/SR output needs `pip install highdicom`")
 
 __all__ = ["procedure_code", "write_measurement_report"]
 
@@ -91,7 +93,7 @@ def write_measurement_report(
         algorithm_name, algorithm_version: the bundle's name and version.
         measurements: study-level findings, name -> value (one measurement group), e.g. ``idh_probability``,
             ``age``; names and units from ``measurement_table`` (default
-            :data:`common.dicom.codes.MEASUREMENT_CODES`). Non-finite values are left out.
+            :func:`common.dicom.codes.measurement_codes`). Non-finite values are left out.
         image_measurements: per-image findings: (source image, name -> value), one group per image referencing it.
         segmentation: the SEG the segment measurements refer to (added to the evidence).
         segment_measurements: segment label -> (name -> value), e.g. ``{"tumour": {"volume": 1234.5}}``: one TID 1411

@@ -50,7 +50,12 @@ WRITER_KINDS = {
 
 # handlers of inference.json not run in MONAI Label: it returns results over HTTP (no DICOM SEG/SR files, no PACS
 # export from the server), and their modules need highdicom, which the MONAI Label venv (pydicom<3) cannot hold
-SERVER_SKIPPED_HANDLERS = ("common.handlers.dicom_results.", "common.handlers.pacs_export.")
+SERVER_SKIPPED_HANDLERS = (
+    "common.handlers.DicomResultWriter",
+    "common.handlers.PacsExportHandler",
+    "common.handlers.dicom_results.",
+    "common.handlers.pacs_export.",
+)
 # series a study fetch skips (results written back to the study, presentation states, key objects)
 NON_IMAGE_MODALITIES = ("SEG", "SR", "PR", "KO", "RTSTRUCT", "REG")
 
@@ -152,7 +157,7 @@ class BundleEvaluatorInferTask(InferTask):
             raise ValueError(f"image {folder}: a folder without DICOM files; {self.bundle_dir.name} needs a DICOM "
                              "series/study folder, a NIfTI volume or a photograph file.")
         if self.kind == "seg_class":
-            from common.data.errors import DatasetError
+            from common.errors import DatasetError
 
             modalities = list(self.inference_config["modalities"])
             rules = self.inference_config.get("modality_rules")
