@@ -132,3 +132,33 @@ def test_common_imports_without_highdicom_pynetdicom_dicomweb_client(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert proc.stdout.count("clear error:") == 4 and proc.stdout.strip().endswith("ok"), proc.stdout
     assert not list(tmp_path.glob("seg.dcm")) and not list(tmp_path.glob("sr.dcm"))
+
+
+def _imported_subpackages(path: Path) -> set[str]:
+    """The ``common`` subpackages (or modules) that a file of ``common/<pkg>/`` imports, relative or absolute."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+            out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("common."):
+            out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("common.")}
+    return out
+
+
+def test_common_layers_have_no_import_cycle():
+    errors = (REPO / "common" / "errors.py").read_text()
+    assert "from common" not in errors and "from ." not in errors and "import common" not in errors
+    graph = {}
+    for pkg in sorted(p for p in (REPO / "common").iterdir() if (p / "__init__.py").is_file()):
+        graph[pkg.name] = set().union(*(_imported_subpackages(f) for f in pkg.glob("*.py"))) - {pkg.name}
+    assert "data" not in graph["dicom"], "common.dicom must not import common.data (DatasetError is in common.errors)"
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    cycles = [pkg for pkg in graph if reaches(pkg, pkg, set())]
+    assert not cycles, f"import cycles through {cycles}: {graph}"
