@@ -402,8 +402,7 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     from monai.transforms import Compose, LoadImaged, Orientationd, SelectItemsd
 
     from common.dicom import DicomSeriesReader
-    from common.handlers import SegClassPredictionWriter
-    from common.handlers import DicomResultWriter
+    from common.handlers import DicomResultWriter, SegClassPredictionWriter
 
     if source == "slices":
         folder, reader = os.path.dirname(mr[0].filename), "PydicomReader"
@@ -472,8 +471,7 @@ def test_handler_fundus_photo(photo, tmp_path):
     import torch
     from ignite.engine import Engine
 
-    from common.handlers import FundusPredictionWriter
-    from common.handlers import DicomResultWriter
+    from common.handlers import DicomResultWriter, FundusPredictionWriter
 
     rgb = torch.as_tensor(photo.pixel_array).permute(2, 0, 1)[None].float() / 255
     disc = torch.zeros(photo.Rows, photo.Columns, dtype=torch.bool)

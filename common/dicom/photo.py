@@ -25,7 +25,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import DatasetError
-
 from .series import NON_IMAGE_SOP_CLASSES
 
 __all__ = ["DicomPhotoReader", "PHOTO_SOP_CLASSES", "read_photo", "read_photo_dataset"]

@@ -26,7 +26,6 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from ..errors import DatasetError
-
 from .series import NON_IMAGE_SOP_CLASSES, DicomSeries, list_dicom_files, read_series
 
 __all__ = [

@@ -32,10 +32,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.errors import DatasetError
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets
 from common.dicom.seg import write_segmentation
 from common.dicom.sr import write_measurement_report
+from common.errors import DatasetError
 
 __all__ = [
     "BUNDLE_KINDS",

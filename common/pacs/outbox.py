@@ -32,7 +32,6 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import case_error
-
 from .credentials import Credentials, CredentialsError, load_credentials
 from .destination import Destination, DestinationError, PacsError
 from .dicomweb import StoreOutcome, present_instances, stow_instances
