@@ -9,9 +9,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from common.engines import find_resume_checkpoint
-from common.engines.resume import SIGNATURE_FILE
-from common.handlers import AtomicCheckpointSaver
+from common.handlers import SIGNATURE_FILE, AtomicCheckpointSaver, find_resume_checkpoint
 
 
 class Unpicklable(nn.Module):

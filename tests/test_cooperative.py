@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from ignite.engine import Events
 from torch import nn
 
-from common.engines import CooperativeTrainer, MultiTaskPrepareBatch, ResumeCheckpoint
+from common.engines import CooperativeTrainer, MultiTaskPrepareBatch
+from common.handlers import ResumeCheckpoint
 from common.losses import MultiTaskLoss
 from common.networks import MultiTaskNet, UNetSegClassifier
 from common.weighting import get_weighting

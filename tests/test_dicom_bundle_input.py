@@ -18,8 +18,8 @@ from monai.transforms import Compose
 from PIL import Image
 
 from common.data import generate_brats_like
-from common.data.errors import DatasetError
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
+from common.errors import DatasetError
 from tests.bundle_cli import TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
 from tests.dicom_sources import write_enhanced_mr
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report

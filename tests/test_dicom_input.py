@@ -21,9 +21,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from scipy.spatial.transform import Rotation
 
-from common.data import build_brats_datalist, build_fundus_datalist, generate_brats_like
-from common.data.errors import DatasetError
-from common.data.factors import list_fundus_images
+from common.data import build_brats_datalist, build_fundus_datalist, generate_brats_like, list_fundus_images
 from common.data.slices import load_case_volumes
 from common.dicom import (
     DicomPhotoReader,
@@ -38,6 +36,7 @@ from common.dicom import (
     write_mr_series,
     write_photo,
 )
+from common.errors import DatasetError
 from tests.dicom_sources import write_enhanced_mr
 
 REPO = Path(__file__).resolve().parents[1]

@@ -452,8 +452,7 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     from monai.transforms import Compose, LoadImaged, Orientationd, SelectItemsd
 
     from common.dicom import DicomSeriesReader
-    from common.handlers import SegClassPredictionWriter, collect_case_results
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import DicomResultWriter, SegClassPredictionWriter, collect_case_results
 
     if source == "slices":
         folder, reader = os.path.dirname(mr[0].filename), "PydicomReader"
@@ -530,8 +529,7 @@ def test_handler_fundus_photo(photo, tmp_path):
     import torch
     from ignite.engine import Engine
 
-    from common.handlers import FundusPredictionWriter
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import DicomResultWriter, FundusPredictionWriter
 
     rgb = torch.as_tensor(photo.pixel_array).permute(2, 0, 1)[None].float() / 255
     disc = torch.zeros(photo.Rows, photo.Columns, dtype=torch.bool)
@@ -573,8 +571,7 @@ def test_handler_factors_and_slices(mr, photo, tmp_path):
     import torch
     from ignite.engine import Engine
 
-    from common.handlers import FactorPredictionWriter, SlicePredictionWriter
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import DicomResultWriter, FactorPredictionWriter, SlicePredictionWriter
 
     with open(os.path.join(REPO, "bundles", "cmr_fundus", "configs", "factors.json")) as f:
         factors = [f for f in json.load(f)["factors"] if f["name"] in ("sex", "age", "sbp", "bmi")]
@@ -630,8 +627,7 @@ def test_handler_needs_codes_for_new_segments_and_units(mr, tmp_path):
     written; a probability or a UCUM-unit measurement without codes gets a private concept."""
     from ignite.engine import Engine
 
-    from common.handlers import CaseResult, Measurement, PredictionWriter
-    from common.handlers.dicom_results import DicomResultWriter
+    from common.handlers import CaseResult, DicomResultWriter, Measurement, PredictionWriter
 
     folder = os.path.dirname(mr[0].filename)
     affine = source_grid_affine(sort_source_datasets(mr))

@@ -284,7 +284,7 @@ def test_held_after_max_attempts(pacs, tmp_path):
 def test_handler_sends_run_results(pacs, tmp_path):
     from ignite.engine import Engine
 
-    from common.handlers.pacs_export import PacsExportHandler
+    from common.handlers import PacsExportHandler
 
     out = tmp_path / "run"
     cases = {name: make_case(out / name, with_seg=(name == "p1")) for name in ("p1", "p2")}
@@ -309,7 +309,7 @@ def test_handler_sends_run_results(pacs, tmp_path):
 
 
 def test_handler_pacs_down_keeps_results(pacs, tmp_path, caplog):
-    from common.handlers.pacs_export import PacsExportHandler
+    from common.handlers import PacsExportHandler
 
     out = tmp_path / "run"
     make_case(out / "p3")

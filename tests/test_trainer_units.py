@@ -93,7 +93,7 @@ def test_invalid_trainer_arguments():
 
 
 def test_resume_flag_from_command_line_strings(tmp_path):
-    from common.engines import ResumeCheckpoint
+    from common.handlers import ResumeCheckpoint
 
     assert ResumeCheckpoint(str(tmp_path), {}, resume="false").resume is False
     assert ResumeCheckpoint(str(tmp_path), {}, resume="True").resume is True
@@ -104,8 +104,7 @@ def test_resume_flag_from_command_line_strings(tmp_path):
 def test_find_resume_checkpoint_needs_matching_signature(tmp_path):
     import json
 
-    from common.engines import find_resume_checkpoint
-    from common.engines.resume import SIGNATURE_FILE
+    from common.handlers import SIGNATURE_FILE, find_resume_checkpoint
 
     assert find_resume_checkpoint(str(tmp_path), {"a": 1}) is None
     for e in (1, 2, 10):

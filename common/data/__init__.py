@@ -3,22 +3,24 @@ synthetic data."""
 
 from __future__ import annotations
 
+import importlib
+
+from ..errors import DatasetError, case_error
 from .brats import BRATS_MODALITIES, attach_case_labels, build_brats_datalist, read_case_labels
-from .errors import DatasetError, case_error
+from .demo import ensure_demo_data
 from .factors import (
     FACTOR_KINDS,
     FACTOR_LOSSES,
     FACTOR_STAGES,
-    IMAGE_EXTENSIONS,
     Factor,
     FactorTable,
     factor_pos_weights,
-    list_fundus_images,
     read_factor_datalist,
 )
-from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist
+from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist, list_fundus_images
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
+    UNKNOWN_LABEL,
     brain_mask,
     build_slice_dataset,
     extract_axial_slices,
@@ -27,34 +29,45 @@ from .slices import (
 )
 from .split import SPLIT_NAMES, select_split, split_cases, subsample_cases
 
+# names of the modules that are also commands (``python -m common.data.<module>``), imported on first use so
+# that running such a module does not import it twice
+_COMMAND_EXPORTS = {
+    "generate_brats_like": "synthetic",
+    "SYNTHETIC_FACTORS": "synthetic_cmr",
+    "generate_cmr_fundus_like": "synthetic_cmr",
+    "generate_fundus_like": "synthetic_fundus",
+}
+
 __all__ = [
     "BRATS_MODALITIES",
     "DEFAULT_MIN_BRAIN_FRACTION",
-    "SPLIT_NAMES",
-    "DatasetError",
     "FACTOR_KINDS",
     "FACTOR_LOSSES",
     "FACTOR_STAGES",
     "FUNDUS_IMAGE_SUFFIXES",
+    "SPLIT_NAMES",
+    "SYNTHETIC_FACTORS",
+    "UNKNOWN_LABEL",
+    "DatasetError",
     "Factor",
     "FactorTable",
-    "IMAGE_EXTENSIONS",
-    "case_error",
-    "factor_pos_weights",
-    "generate_cmr_fundus_like",
-    "generate_fundus_like",
-    "list_fundus_images",
-    "read_factor_datalist",
     "attach_case_labels",
     "brain_mask",
     "build_brats_datalist",
     "build_fundus_datalist",
     "build_slice_dataset",
+    "case_error",
+    "ensure_demo_data",
     "extract_axial_slices",
+    "factor_pos_weights",
     "generate_brats_like",
+    "generate_cmr_fundus_like",
+    "generate_fundus_like",
+    "list_fundus_images",
     "load_case_volumes",
     "normalize_intensity",
     "read_case_labels",
+    "read_factor_datalist",
     "select_split",
     "split_cases",
     "subsample_cases",
@@ -62,17 +75,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Import the synthetic generators lazily, so that ``python -m common.data.synthetic*`` runs cleanly."""
-    if name == "generate_brats_like":
-        from .synthetic import generate_brats_like
-
-        return generate_brats_like
-    if name == "generate_fundus_like":
-        from .synthetic_fundus import generate_fundus_like
-
-        return generate_fundus_like
-    if name == "generate_cmr_fundus_like":
-        from .synthetic_cmr import generate_cmr_fundus_like
-
-        return generate_cmr_fundus_like
+    """Import a name of :data:`_COMMAND_EXPORTS` on first use (PEP 562)."""
+    if name in _COMMAND_EXPORTS:
+        return getattr(importlib.import_module(f".{_COMMAND_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

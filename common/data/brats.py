@@ -9,7 +9,8 @@ from collections.abc import Collection, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
-from .errors import DatasetError, case_error
+from ..dicom.study import holds_dicom, map_study_modalities
+from ..errors import DatasetError, case_error
 
 __all__ = ["BRATS_MODALITIES", "attach_case_labels", "build_brats_datalist", "read_case_labels"]
 
@@ -104,7 +105,7 @@ def build_brats_datalist(
         cases[case] = (root, files)
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         found = _scan_folder(sub, kinds)
-        if not any(set(files) - {seg_suffix} for files in found.values()) and _holds_dicom(sub):
+        if not any(set(files) - {seg_suffix} for files in found.values()) and holds_dicom(sub):
             found = {sub.name: {**found.get(sub.name, {}), "dicom": sub}}
         for case, files in found.items():
             if case in cases:
@@ -143,12 +144,6 @@ def build_brats_datalist(
     return datalist
 
 
-def _holds_dicom(folder: Path) -> bool:
-    from common.dicom.study import holds_dicom  # lazy: common.dicom imports common.data
-
-    return holds_dicom(folder)
-
-
 def _dicom_record(
     case: str,
     folder: Path,
@@ -159,8 +154,6 @@ def _dicom_record(
     seg_suffix: str,
 ) -> dict:
     """The datalist record of a case given as a DICOM study folder (see :func:`build_brats_datalist`)."""
-    from common.dicom.study import map_study_modalities
-
     if seg is None and require_seg:
         expected = folder / f"{case}_{seg_suffix}.nii.gz"
         raise case_error(case, expected, f"missing segmentation '{seg_suffix}' (require_seg=True; DICOM study).")

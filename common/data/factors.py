@@ -30,18 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetError, case_error
-from .fundus import FUNDUS_IMAGE_SUFFIXES
+from ..errors import case_error
 
 __all__ = [
     "FACTOR_KINDS",
     "FACTOR_LOSSES",
     "FACTOR_STAGES",
-    "IMAGE_EXTENSIONS",
     "Factor",
     "FactorTable",
     "factor_pos_weights",
-    "list_fundus_images",
     "read_factor_datalist",
 ]
 
@@ -50,8 +47,6 @@ logger = logging.getLogger(__name__)
 FACTOR_KINDS = ("binary", "regression")
 FACTOR_STAGES = ("prior", "complex")
 FACTOR_LOSSES = {"binary": ("bce",), "regression": ("l1", "mse", "huber")}
-#: Suffixes read as fundus photographs (the same list as the fundus datalists).
-IMAGE_EXTENSIONS = FUNDUS_IMAGE_SUFFIXES
 _MISSING_TEXT = {"", "na", "n/a", "nan", "none", "null", "missing", "-"}
 _DEFAULT_BINARY_VALUES = {"0": 0, "1": 1, "false": 0, "true": 1, "no": 0, "yes": 1}
 
@@ -397,29 +392,6 @@ def read_factor_datalist(
     logger.info(f"{path}: {len(records)} images of {n_patients} patients; known values per factor: {counts}")
     if excluded:
         logger.warning(f"{path}: excluded {dict(excluded)} (on_invalid='exclude')")
-    return records
-
-
-def list_fundus_images(dataset_dir: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict]:
-    """Records ``{"image", "case", "image_id"}`` of every image file directly in ``dataset_dir`` (no labels), or,
-    where it holds none, in its ``images/`` folder (the training layout).
-
-    Raises:
-        DatasetError: the folder does not exist or holds no image.
-    """
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise case_error(None, root, "is not a folder of images.")
-    exts = {e.lower() for e in extensions}
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts)
-    if not files and (root / "images").is_dir():
-        files = sorted(p for p in (root / "images").iterdir() if p.is_file() and p.suffix.lower() in exts)
-    if not files:
-        raise DatasetError(f"folder {root}: no image with extension {sorted(exts)}.")
-    records = [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
-    for record, path in zip(records, files):
-        if path.suffix.lower() == ".dcm":
-            record["dicom_series"] = str(path)  # the source image that DICOM outputs reference
     return records
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
-from .errors import DatasetError, case_error
+from ..errors import DatasetError, case_error
 
-__all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist"]
+__all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist", "list_fundus_images"]
 
 #: File suffixes read as fundus photographs (``.dcm``: a DICOM photograph, see :mod:`common.dicom.photo`).
 FUNDUS_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
@@ -128,4 +128,27 @@ def build_fundus_datalist(
         rec["cdr"] = sum(cdrs) / len(cdrs) if cdrs else math.nan
         rec["split"] = row.get(split_column, "")
         records.append(rec)
+    return records
+
+
+def list_fundus_images(dataset_dir: str | PathLike, extensions: Sequence[str] = FUNDUS_IMAGE_SUFFIXES) -> list[dict]:
+    """Records ``{"image", "case", "image_id"}`` of every image file directly in ``dataset_dir`` (no labels), or,
+    where it holds none, in its ``images/`` folder (the training layout).
+
+    Raises:
+        DatasetError: the folder does not exist or holds no image.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise case_error(None, root, "is not a folder of images.")
+    exts = {e.lower() for e in extensions}
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not files and (root / "images").is_dir():
+        files = sorted(p for p in (root / "images").iterdir() if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise DatasetError(f"folder {root}: no image with extension {sorted(exts)}.")
+    records = [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]
+    for record, path in zip(records, files):
+        if path.suffix.lower() == ".dcm":
+            record["dicom_series"] = str(path)  # the source image that DICOM outputs reference
     return records

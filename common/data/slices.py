@@ -17,7 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .errors import DatasetError, case_error
+from ..dicom.series import read_series
+from ..errors import DatasetError, case_error
 
 __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
@@ -59,8 +60,6 @@ def _load_volume(path: str | list[str], case: str) -> np.ndarray:
     """Read one 3-D NIfTI volume (or DICOM series folder/files) as float32, reoriented to closest canonical (RAS)."""
     try:
         if isinstance(path, list) or Path(path).is_dir():
-            from common.dicom.series import read_series  # lazy: common.dicom imports common.data
-
             series = read_series(path)
             img = nib.Nifti1Image(series.volume, series.affine)
         else:

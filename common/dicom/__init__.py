@@ -1,37 +1,114 @@
-"""DICOM input: series and study folders to volumes, ophthalmic photographs to RGB, and test-data converters.
+"""DICOM input and output: series and study folders to volumes, ophthalmic photographs to RGB, DICOM SEG and
+SR of the results, coded concepts, and the test-data converters.
 
-Names are imported lazily (PEP 562) so that ``python -m common.dicom.write_images`` runs without a warning.
-"""
+SEG/SR writing needs highdicom, an optional import: this package imports without it (MONAI Label's environment),
+and the writers name the missing package when called."""
 
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "DicomSeries": "series",
-    "DicomSeriesReader": "series",
-    "list_dicom_files": "series",
-    "read_series": "series",
-    "DicomPhotoReader": "photo",
-    "read_photo": "photo",
-    "read_photo_dataset": "photo",
-    "DEFAULT_MODALITY_RULES": "study",
-    "ModalityRule": "study",
-    "StudySeries": "study",
-    "find_study_series": "study",
-    "holds_dicom": "study",
-    "map_study_modalities": "study",
-    "parse_modality_rules": "study",
-    "read_study": "study",
+from .codes import (
+    PRIVATE_SCHEME,
+    PRIVATE_SCHEME_NAME,
+    MeasurementCode,
+    SegmentCode,
+    measurement_code,
+    measurement_codes,
+    private_code,
+    private_scheme_identification,
+    segment_code,
+    segment_codes,
+)
+from .frames import (
+    frame_planes,
+    frame_positions,
+    has_geometry,
+    is_multiframe_volume,
+    mask_to_source_frames,
+    sort_source_datasets,
+)
+from .photo import PHOTO_SOP_CLASSES, DicomPhotoReader, read_photo, read_photo_dataset
+from .seg import MANUFACTURER, algorithm_identification, segment_descriptions, write_segmentation
+from .series import (
+    MULTIFRAME_VOLUME_SOP_CLASSES,
+    NON_IMAGE_SOP_CLASSES,
+    DicomSeries,
+    DicomSeriesReader,
+    list_dicom_files,
+    read_series,
+    series_geometry,
+)
+from .sr import procedure_code, write_measurement_report
+from .study import (
+    DEFAULT_MODALITY_RULES,
+    ModalityRule,
+    StudySeries,
+    find_study_series,
+    holds_dicom,
+    map_study_modalities,
+    parse_modality_rules,
+    read_study,
+)
+
+# names of the modules that are also commands (``python -m common.dicom.<module>``), imported on first use so
+# that running such a module does not import it twice
+_COMMAND_EXPORTS = {
     "nifti_case_to_dicom": "write_images",
     "write_mr_series": "write_images",
     "write_photo": "write_images",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_MODALITY_RULES",
+    "MANUFACTURER",
+    "MULTIFRAME_VOLUME_SOP_CLASSES",
+    "NON_IMAGE_SOP_CLASSES",
+    "PHOTO_SOP_CLASSES",
+    "PRIVATE_SCHEME",
+    "PRIVATE_SCHEME_NAME",
+    "DicomPhotoReader",
+    "DicomSeries",
+    "DicomSeriesReader",
+    "MeasurementCode",
+    "ModalityRule",
+    "SegmentCode",
+    "StudySeries",
+    "algorithm_identification",
+    "find_study_series",
+    "frame_planes",
+    "frame_positions",
+    "has_geometry",
+    "holds_dicom",
+    "is_multiframe_volume",
+    "list_dicom_files",
+    "map_study_modalities",
+    "mask_to_source_frames",
+    "measurement_code",
+    "measurement_codes",
+    "nifti_case_to_dicom",
+    "parse_modality_rules",
+    "private_code",
+    "private_scheme_identification",
+    "procedure_code",
+    "read_photo",
+    "read_photo_dataset",
+    "read_series",
+    "read_study",
+    "segment_code",
+    "segment_codes",
+    "segment_descriptions",
+    "series_geometry",
+    "sort_source_datasets",
+    "write_measurement_report",
+    "write_mr_series",
+    "write_photo",
+    "write_segmentation",
+]
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    """Import a name of :data:`_COMMAND_EXPORTS` on first use (PEP 562)."""
+    if name in _COMMAND_EXPORTS:
+        return getattr(importlib.import_module(f".{_COMMAND_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

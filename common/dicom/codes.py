@@ -18,21 +18,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from highdicom.sr import CodedConcept
+from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+
+CodedConcept, _ = optional_import(
+    "highdicom.sr", name="CodedConcept", descriptor="{} failed: DICOM SEG/SR output needs `pip install highdicom`"
+)
 
 __all__ = [
     "PRIVATE_SCHEME",
     "PRIVATE_SCHEME_NAME",
-    "GENERIC_MEASUREMENT_CODES",
     "UCUM_MEANINGS",
     "SegmentCode",
     "MeasurementCode",
     "private_code",
     "private_scheme_identification",
+    "generic_measurement_codes",
     "measurement_code",
     "measurement_codes",
     "parse_code",
@@ -100,11 +105,11 @@ def _ucum(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
 
 
-#: Measurements any segmentation bundle reports without configuring them: a segment's volume
-#: (SCT 118565006 "Volume", pydicom codes.SCT.Volume) in mm3.
-GENERIC_MEASUREMENT_CODES: dict[str, MeasurementCode] = {
-    "volume": MeasurementCode(_code(codes.SCT.Volume), _code(codes.UCUM.CubicMillimeter)),
-}
+@cache
+def generic_measurement_codes() -> dict[str, MeasurementCode]:
+    """Measurements any segmentation bundle reports without configuring them: a segment's ``volume``
+    (SCT 118565006 "Volume", pydicom codes.SCT.Volume) in mm3 (built on first use: it needs highdicom)."""
+    return {"volume": MeasurementCode(_code(codes.SCT.Volume), _code(codes.UCUM.CubicMillimeter))}
 
 #: Meanings of common UCUM unit codes (ucum.org); a unit not listed here is written with its code as meaning.
 UCUM_MEANINGS = {
@@ -184,8 +189,8 @@ def segment_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[str, S
 
 def measurement_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[str, MeasurementCode]:
     """Measurement codes from a bundle config's ``dicom_codes#measurements``: name -> ``{"concept": code,
-    "unit": UCUM code or code}`` (see :func:`parse_code`), on top of :data:`GENERIC_MEASUREMENT_CODES`."""
-    table = dict(GENERIC_MEASUREMENT_CODES)
+    "unit": UCUM code or code}`` (see :func:`parse_code`), on top of :func:`generic_measurement_codes`."""
+    table = dict(generic_measurement_codes())
     for name, entry in (config or {}).items():
         if not isinstance(entry, Mapping) or not {"concept", "unit"} <= set(entry):
             raise ValueError(f"dicom_codes#measurements#{name} must give 'concept' and 'unit', got {entry!r}.")
@@ -212,8 +217,8 @@ def measurement_code(
     key = _key(name)
     if key in (table or {}):
         return table[key]  # type: ignore[index]
-    if key in GENERIC_MEASUREMENT_CODES:
-        return GENERIC_MEASUREMENT_CODES[key]
+    if key in generic_measurement_codes():
+        return generic_measurement_codes()[key]
     if unit is None and key.endswith("_probability"):
         unit = "1"
     if unit is None:

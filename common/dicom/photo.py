@@ -3,7 +3,7 @@
 Photometric interpretations RGB, YBR_FULL, YBR_FULL_422 (converted with pydicom's colour-space conversion) and
 MONOCHROME1/2 (replicated to three channels) are read, uncompressed or in any transfer syntax pydicom can decode
 here (JPEG baseline/JPEG 2000 through Pillow, JPEG-LS and lossless JPEG through python-gdcm; 12-bit JPEG extended
-and HTJ2K have no decoder installed: such files raise a :class:`~common.data.errors.DatasetError` naming the
+and HTJ2K have no decoder installed: such files raise a :class:`~common.errors.DatasetError` naming the
 transfer syntax).
 
 :class:`DicomPhotoReader` is a MONAI ``ImageReader`` for ``LoadImaged``: ``.dcm`` files give the layout of
@@ -24,8 +24,7 @@ from monai.utils import MetaKeys, ensure_tuple
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.data.errors import DatasetError
-
+from ..errors import DatasetError
 from .series import NON_IMAGE_SOP_CLASSES
 
 __all__ = ["DicomPhotoReader", "PHOTO_SOP_CLASSES", "read_photo", "read_photo_dataset"]

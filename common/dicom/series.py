@@ -5,7 +5,7 @@ coordinates, as MONAI's ``ITKReader``/``PydicomReader`` (``affine_lps_to_ras=Tru
 ``Orientationd``/``Invertd`` and NIfTI writers work unchanged. Slices are sorted by their position along the slice
 normal (``ImagePositionPatient . (row cosine x column cosine)``), not by file name or InstanceNumber.
 
-Problems raise one :class:`~common.data.errors.DatasetError` naming the series folder (and the file where one is to
+Problems raise one :class:`~common.errors.DatasetError` naming the series folder (and the file where one is to
 blame): empty folder, DICOM files of several series, non-image objects (SR, SEG, ...), multi-frame images other than
 one enhanced MR/CT volume, mixed orientations or in-plane geometry, duplicated slices, missing slices (a gap > 1.5 x
 the median spacing), otherwise inconsistent spacing, pixel data that cannot be decoded (the transfer syntax UID is
@@ -34,7 +34,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.data.errors import DatasetError
+from ..errors import DatasetError
 
 __all__ = [
     "DicomSeries",

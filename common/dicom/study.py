@@ -25,8 +25,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from common.data.errors import DatasetError
-
+from ..errors import DatasetError
 from .series import NON_IMAGE_SOP_CLASSES, DicomSeries, list_dicom_files, read_series
 
 __all__ = [

@@ -1,8 +1,16 @@
-"""Ignite/MONAI engines for multi-task training and evaluation."""
+"""Ignite/MONAI engines for multi-task training and evaluation, and the choice between them by config."""
 
 from __future__ import annotations
 
-from .cooperative import CooperativeTrainer, build_trainer
+from .cooperative import CooperativeTrainer
+from .factory import build_trainer
 from .prepare_batch import MultiTaskPrepareBatch
-from .resume import ResumeCheckpoint, find_resume_checkpoint
 from .trainer import MultiTaskTrainer, active_tasks_for_epoch
+
+__all__ = [
+    "CooperativeTrainer",
+    "MultiTaskPrepareBatch",
+    "MultiTaskTrainer",
+    "active_tasks_for_epoch",
+    "build_trainer",
+]

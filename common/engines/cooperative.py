@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch import nn
 from ..weighting import EqualWeighting, Weighting
 from .trainer import MultiTaskTrainer
 
-__all__ = ["CooperativeTrainer", "build_trainer"]
+__all__ = ["CooperativeTrainer"]
 
 PERTURB_TARGETS = ("features", "parameters")
 _TINY = 1e-12
@@ -263,18 +263,3 @@ class CooperativeTrainer(MultiTaskTrainer):
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= world
-
-
-def build_trainer(cooperative: Mapping[str, Any] | None = None, **kwargs: Any) -> MultiTaskTrainer:
-    """A :class:`MultiTaskTrainer`, or a :class:`CooperativeTrainer` with ``cooperative``'s arguments (``rho``,
-    ``perturb``) where it is a mapping: lets a bundle config pick joint or cooperative training by strategy.
-
-    Args:
-        cooperative: None for joint training; else the CooperativeTrainer-only arguments.
-        kwargs: the arguments of :class:`MultiTaskTrainer`.
-    """
-    if cooperative is None:
-        return MultiTaskTrainer(**kwargs)
-    if not isinstance(cooperative, Mapping):
-        raise ValueError(f"cooperative must be None or a mapping of CooperativeTrainer arguments, got {cooperative!r}.")
-    return CooperativeTrainer(**dict(cooperative), **kwargs)

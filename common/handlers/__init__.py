@@ -1,13 +1,55 @@
-"""Ignite handlers: per-task logging, metrics.json, prediction writers."""
+"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, prediction writers, DICOM results
+and PACS export."""
 
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver
-from .case_results import CaseResult, CaseResultConsumer, Measurement, PredictionWriter, collect_case_results, label_map
+from .case_results import (
+    CaseResult,
+    CaseResultConsumer,
+    Measurement,
+    PredictionWriter,
+    collect_case_results,
+    label_map,
+)
+from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
+from .pacs_export import PacsExportHandler
+from .prediction_table import write_prediction_csv
+from .resume_checkpoint import SIGNATURE_FILE, ResumeCheckpoint, find_resume_checkpoint
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_affinity import TaskAffinity
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
 from .volume_predictions import SegClassPredictionWriter
+
+__all__ = [
+    "SIGNATURE_FILE",
+    "AtomicCheckpointSaver",
+    "CaseResult",
+    "CaseResultConsumer",
+    "DicomResultWriter",
+    "FactorPredictionWriter",
+    "FundusPredictionWriter",
+    "Measurement",
+    "MetricsJSONWriter",
+    "PacsExportHandler",
+    "PredictionWriter",
+    "ResumeCheckpoint",
+    "SegClassPredictionWriter",
+    "SlicePredictionWriter",
+    "TaskAffinity",
+    "TaskEpochSummary",
+    "TaskProgressBar",
+    "collect_case_results",
+    "draw_contours",
+    "find_resume_checkpoint",
+    "label_map",
+    "overlay_heatmap",
+    "read_dicom_source",
+    "task_scalars",
+    "write_case_result",
+    "write_prediction_csv",
+]
+

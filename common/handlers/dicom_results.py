@@ -22,7 +22,7 @@ from ignite.engine import Engine
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.data.errors import DatasetError
+from common.errors import DatasetError
 from common.dicom.codes import measurement_code, measurement_codes, segment_code, segment_codes
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets
 from common.dicom.seg import write_segmentation

@@ -13,8 +13,8 @@ from collections import defaultdict
 
 from ignite.engine import Engine, Events
 
-from common.pacs.destination import Destination
-from common.pacs.outbox import Outbox
+from ..pacs.destination import Destination
+from ..pacs.outbox import Outbox
 
 __all__ = ["PacsExportHandler"]
 

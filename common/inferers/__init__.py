@@ -3,5 +3,10 @@ disc crops)."""
 
 from __future__ import annotations
 
-from .disc_crop import DiscCropInferer, standardize_channels
+from .disc_crop import DiscCropInferer
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
+
+__all__ = [
+    "DiscCropInferer",
+    "SegClassSlidingWindowInferer",
+]

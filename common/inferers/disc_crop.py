@@ -14,15 +14,9 @@ from torch import nn
 
 from ..metrics.cup_disc import vertical_cdr
 from ..transforms.disc_crop import crop_square, paste_crop
+from ..transforms.intensity import standardize_channels
 
-__all__ = ["DiscCropInferer", "standardize_channels"]
-
-
-def standardize_channels(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Zero mean, unit variance per image and channel over the spatial dims (``(B, C, H, W)``)."""
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True)
-    return (x - mean) / (std + eps)
+__all__ = ["DiscCropInferer"]
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

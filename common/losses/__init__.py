@@ -6,3 +6,11 @@ from .class_balance import binary_pos_weight
 from .factors import MaskedFactorLoss
 from .multitask import MultiTaskLoss, valid_sample_mask
 from .reconstruction import MaskedMSELoss
+
+__all__ = [
+    "MaskedFactorLoss",
+    "MaskedMSELoss",
+    "MultiTaskLoss",
+    "binary_pos_weight",
+    "valid_sample_mask",
+]

@@ -6,3 +6,17 @@ from .multitask import MultiTaskNet
 from .sepl import SEPL_ARCHITECTURES, FactorHead, GatedFactorHead, PriorExpert, SePLNet
 from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout
+
+__all__ = [
+    "SEPL_ARCHITECTURES",
+    "FactorHead",
+    "GatedFactorHead",
+    "MultiTaskNet",
+    "PriorExpert",
+    "SePLNet",
+    "UNetEncoder",
+    "UNetSegClassifier",
+    "ViTClassifierMIM",
+    "ViTEncoder",
+    "attention_rollout",
+]

@@ -6,11 +6,14 @@ import logging
 from collections.abc import Sequence
 
 import pydicom
-import requests
-from dicomweb_client.api import DICOMwebClient
+from monai.utils import optional_import
 
 from .credentials import Credentials
 from .destination import Destination, PacsError
+
+_HINT = "{} failed: PACS export by DICOMweb needs `pip install dicomweb-client`"
+requests, _ = optional_import("requests", descriptor=_HINT)
+DICOMwebClient, _ = optional_import("dicomweb_client.api", name="DICOMwebClient", descriptor=_HINT)
 
 __all__ = ["StoreOutcome", "dicomweb_client", "stow_instances", "present_instances"]
 

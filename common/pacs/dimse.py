@@ -6,12 +6,15 @@ import logging
 from collections.abc import Sequence
 
 import pydicom
+from monai.utils import optional_import
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.status import code_to_category
 
 from .destination import Destination, PacsError
 from .dicomweb import StoreOutcome
+
+_HINT = "{} failed: PACS export by DIMSE C-STORE needs `pip install pynetdicom`"
+AE, _ = optional_import("pynetdicom", name="AE", descriptor=_HINT)
+code_to_category, _ = optional_import("pynetdicom.status", name="code_to_category", descriptor=_HINT)
 
 __all__ = ["presentation_contexts", "cstore_instances"]
 

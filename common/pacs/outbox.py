@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from common.data.errors import case_error
-
+from ..errors import case_error
 from .credentials import Credentials, CredentialsError, load_credentials
 from .destination import Destination, DestinationError, PacsError
 from .dicomweb import StoreOutcome, present_instances, stow_instances

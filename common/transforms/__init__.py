@@ -1,4 +1,4 @@
-"""MONAI-style transforms of the project."""
+"""MONAI-style transforms of the project, and the tensor functions they are built from."""
 
 from __future__ import annotations
 
@@ -6,5 +6,22 @@ from .case_checks import CheckMultimodalCased
 from .class_labels import MaskLabelOutsideForegroundd
 from .colour_image import CheckColourImaged
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
+from .intensity import standardize_channels
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
 from .simmim_mask import SimMIMMaskd
+
+__all__ = [
+    "CheckColourImaged",
+    "CheckMultimodalCased",
+    "DiscCropd",
+    "KeepOneComponentLogits",
+    "MaskLabelOutsideForegroundd",
+    "SegRegionsd",
+    "SimMIMMaskd",
+    "crop_box_from_mask",
+    "crop_square",
+    "keep_largest_component_logits",
+    "paste_crop",
+    "regions_to_label_map",
+    "standardize_channels",
+]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from ..data.errors import case_error
+from ..errors import case_error
 
 __all__ = ["CheckMultimodalCased"]
 
@@ -38,7 +38,7 @@ class CheckMultimodalCased(MapTransform):
 
     Checked: each volume is 3-D (one channel); no NaN or infinite voxels; every modality and the segmentation have
     the same shape and the same orientation and voxel spacing (affine within ``atol``); the segmentation holds
-    integers from ``label_values`` only. The error (:class:`~common.data.DatasetError`) names the case and the file.
+    integers from ``label_values`` only. The error (:class:`~common.errors.DatasetError`) names the case and the file.
 
     Args:
         keys: modality keys, in channel order.

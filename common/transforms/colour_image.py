@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.transforms import MapTransform
 
-from ..data.errors import case_error
+from ..errors import case_error
 from .case_checks import _filename
 
 __all__ = ["CheckColourImaged"]
@@ -19,7 +19,7 @@ class CheckColourImaged(MapTransform):
 
     Checked: the image has exactly 3 channels (grayscale or RGBA images are refused with a hint, not silently
     converted), each spatial side is at least ``min_size`` pixels, no NaN/inf values; every mask key present is
-    one channel of the image's size. The error (:class:`~common.data.DatasetError`) names the case and the file.
+    one channel of the image's size. The error (:class:`~common.errors.DatasetError`) names the case and the file.
 
     Args:
         keys: image keys.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import WEIGHTINGS, GradientWeighting, Weighting, get_weighting, register_weighting
-from .cagrad import CAGrad
+from .cagrad import CAGrad, project_simplex, solve_cagrad_weights
 from .dwa import DynamicWeightAverage
 from .ew import EqualWeighting
 from .famo import FAMO
@@ -25,5 +25,7 @@ __all__ = [
     "UncertaintyWeighting",
     "Weighting",
     "get_weighting",
+    "project_simplex",
     "register_weighting",
+    "solve_cagrad_weights",
 ]

@@ -172,7 +172,7 @@ class BundleEvaluatorInferTask(InferTask):
             raise ValueError(f"image {folder}: a folder without DICOM files; {self.bundle_dir.name} needs a DICOM "
                              "series/study folder, a NIfTI volume or an image file.")
         if self.modalities:
-            from common.data.errors import DatasetError
+            from common.errors import DatasetError
 
             rules = self.inference_config.get("modality_rules")
             try:

@@ -1,4 +1,7 @@
-"""The exception raised for every problem found in a data set (files, layout, labels)."""
+"""The exception raised for every problem found in a data set (files, layout, labels).
+
+The base layer of the package: it imports nothing from ``common``, so every subpackage can raise it.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-from ..handlers.atomic_checkpoint import AtomicCheckpointSaver
+from .atomic_checkpoint import AtomicCheckpointSaver
 
 __all__ = ["find_resume_checkpoint", "ResumeCheckpoint", "SIGNATURE_FILE"]
 
