@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import highdicom as hd
 import numpy as np
+from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from common.dicom.codes import PRIVATE_SCHEME, SegmentCode, private_scheme_identification, segment_code
-from common.dicom.frames import has_geometry, is_multiframe_volume, sort_source_datasets
+from .codes import PRIVATE_SCHEME, SegmentCode, private_scheme_identification, segment_code
+from .frames import has_geometry, is_multiframe_volume, sort_source_datasets
+
+hd, _ = optional_import("highdicom", descriptor="{} failed: DICOM SEG/SR output needs `pip install highdicom`")
 
 __all__ = ["MANUFACTURER", "algorithm_identification", "segment_descriptions", "write_segmentation"]
 

@@ -6,13 +6,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-import highdicom as hd
+from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from common.dicom.codes import MeasurementCode, measurement_code, private_scheme_identification
-from common.dicom.frames import has_geometry, is_multiframe_volume, sort_source_datasets
-from common.dicom.seg import MANUFACTURER
+from .codes import MeasurementCode, measurement_code, private_scheme_identification
+from .frames import has_geometry, is_multiframe_volume, sort_source_datasets
+from .seg import MANUFACTURER
+
+hd, _ = optional_import("highdicom", descriptor="{} failed: DICOM SEG/SR output needs `pip install highdicom`")
 
 __all__ = ["procedure_code", "write_measurement_report"]
 
