@@ -32,6 +32,7 @@ CodedConcept, _ = optional_import(
 __all__ = [
     "PRIVATE_SCHEME",
     "PRIVATE_SCHEME_NAME",
+    "UCUM_ALIASES",
     "UCUM_MEANINGS",
     "SegmentCode",
     "MeasurementCode",
@@ -134,6 +135,10 @@ UCUM_MEANINGS = {
 }
 
 
+#: Names accepted for UCUM codes that a MONAI bundle config cannot hold (a string starting with ``%`` is a macro).
+UCUM_ALIASES = {"percent": "%"}
+
+
 def ucum_unit(code: str) -> CodedConcept:
     """The UCUM concept of unit ``code`` (e.g. ``"mm3"``).
 
@@ -141,6 +146,7 @@ def ucum_unit(code: str) -> CodedConcept:
         ValueError: ``code`` is not a UCUM code this project knows (``UCUM_MEANINGS``): give the unit's code in the
             bundle's ``dicom_codes`` instead of words such as ``"years"``.
     """
+    code = UCUM_ALIASES.get(code, code)
     if code not in UCUM_MEANINGS:
         raise ValueError(
             f"unit '{code}' is not a known UCUM code ({sorted(UCUM_MEANINGS)}); give the measurement's unit as a UCUM "
@@ -226,7 +232,7 @@ def measurement_code(
             f"measurement '{name}' has no code and no unit; give it in the bundle's inference.json as "
             f"dicom_codes#measurements#{name} = {{'concept': [scheme, value, meaning], 'unit': UCUM code}}."
         )
-    if unit not in UCUM_MEANINGS:
+    if UCUM_ALIASES.get(unit, unit) not in UCUM_MEANINGS:
         raise ValueError(
             f"measurement '{name}': unit '{unit}' is not a known UCUM code ({sorted(UCUM_MEANINGS)}); give it in the "
             f"bundle's inference.json as dicom_codes#measurements#{name} = {{'concept': [scheme, value, meaning], "
