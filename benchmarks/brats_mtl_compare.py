@@ -32,7 +32,8 @@ def markdown_table(table: Path) -> str:
     """The results CSV as a markdown table (AUC with its 95% CI)."""
     rows = list(csv.DictReader(open(table)))
     lines = [
-        "| strategy | training patients | test ROC-AUC [95% CI] | accuracy | MIM MSE | test slices / patients | train min |",
+        "| strategy | training patients | test ROC-AUC [95% CI] | accuracy | MIM MSE | test slices / patients "
+        "| train min |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -72,8 +73,10 @@ def main() -> None:
                 continue
             root.mkdir(parents=True, exist_ok=True)
             common = {"dataset_dir": args.dataset_dir, "bundle_root": str(root), **extra}
-            t_train = run("train.json", {**common, "strategy": strategy, "train_fraction": fraction, "resume": "false"}, root / "train.log")
-            run("evaluate.json", {**common, "eval_split": "test", "output_dir": str(root / "eval")}, root / "evaluate.log")
+            train = {**common, "strategy": strategy, "train_fraction": fraction, "resume": "false"}
+            t_train = run("train.json", train, root / "train.log")
+            evaluate = {**common, "eval_split": "test", "output_dir": str(root / "eval")}
+            run("evaluate.json", evaluate, root / "evaluate.log")
             metrics = json.loads(metrics_file.read_text())
             row = {"strategy": strategy, "train_fraction": fraction, "train_minutes": round(t_train / 60, 1), **metrics,
                    "overrides": " ".join(f"{k}={v}" for k, v in extra.items())}

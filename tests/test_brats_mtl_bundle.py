@@ -58,7 +58,10 @@ def test_train_writes_best_model_resume_state_and_task_logs(trained):
 @pytest.mark.slow
 def test_evaluate_writes_metrics_json(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle("brats_mtl", "evaluate.json", {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL})
+    run_bundle(
+        "brats_mtl", "evaluate.json",
+        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS
     assert metrics["n_cases"] == 10 and metrics["n_slices"] > 10
@@ -74,7 +77,8 @@ def test_evaluate_on_held_out_split_only(trained, data_dir):
     out = trained / "eval_test"
     run_bundle(
         "brats_mtl", "evaluate.json",
-        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), "eval_split": "test", **SMALL},
+        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), "eval_split": "test",
+         **SMALL},
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 1 <= metrics["n_cases"] < 10

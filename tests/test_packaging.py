@@ -37,7 +37,9 @@ def _environment_pip_requirements() -> dict[str, Requirement]:
 
 def test_environment_yml_matches_pyproject():
     py, env = _pyproject_requirements(), _environment_pip_requirements()
-    assert set(py) == set(env), f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    assert set(py) == set(env), (
+        f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    )
     for name, req in py.items():
         pinned = env[name]
         if str(pinned.specifier) == str(req.specifier):
@@ -66,3 +68,12 @@ def test_readme_shows_the_two_commands_and_ci_calls_the_test_command():
     assert "bash scripts/run_demo.sh" in readme and "bash scripts/run_tests.sh" in readme
     assert "python -m monai.bundle run" in readme
     assert "bash scripts/run_tests.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_test_command_lints_before_pytest():
+    """scripts/run_tests.sh (CI's command) fails on lint errors: ruff runs before pytest, under ``set -e``."""
+    script = (REPO / "scripts" / "run_tests.sh").read_text()
+    assert "set -euo pipefail" in script
+    assert 0 <= script.find("ruff check") < script.find("python -m pytest")
+    assert "ruff" in _pyproject_requirements() and "select" in tomllib.loads(
+        (REPO / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
