@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from tests.bundle_cli import (
     REPO,
@@ -52,24 +54,21 @@ def _epoch(state: dict) -> int:
     return state["trainer"]["iteration"] // state["trainer"]["epoch_length"]
 
 
-def _saved_epoch(path) -> int:
+def _saved_epoch(path: Path) -> int:
+    """The epoch in a checkpoint's name (``..._epoch=<N>.pt``)."""
     return int(path.stem.split("=")[-1])
 
 
-def _parser(bundle: str, workflow: str, overrides: dict | None = None):
-    from monai.bundle import ConfigParser
-
+def _parser(bundle: str, workflow: str) -> ConfigParser:
+    """The merged configs of one of ``bundle``'s workflows."""
     parser = ConfigParser()
     parser.read_config([str(bundle_configs(bundle) / c) for c in WORKFLOW_CONFIGS[workflow]])
-    parser.update(overrides or {})
     return parser
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_workflow_properties_complete(bundle, bundle_data):
     """Every required MONAI bundle property of train.json and inference.json is present (model-zoo's check)."""
-    from monai.bundle import ConfigWorkflow
-
     spec, cfg_dir = spec_of(bundle), bundle_configs(bundle)
     for workflow, kind in (("train", "train"), ("inference", "infer")):
         files = [str(cfg_dir / c) for c in WORKFLOW_CONFIGS[workflow]]
