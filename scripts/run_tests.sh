@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: install everything, then run the whole test suite.
+# The README's test command: install everything, lint (ruff), then run the whole test suite; arguments go to
+# pytest (`-m "not slow"`: the fast lane).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -8,4 +9,5 @@ export MONAILABEL_VENV="${MONAILABEL_VENV:-$HOME/.cache/mtl-monai-bundles/venv-m
 bash scripts/install_monailabel.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
+ruff check .
 python -m pytest -ra "$@"

@@ -36,7 +36,9 @@ def test_train_and_evaluate_on_real_data(name, n_cases, tmp_path):
     overrides = {"dataset_dir": str(data), "bundle_root": str(root), **SMALL}
     # with 4 BraTS cases the 15%/15% split still leaves 1 validation and 1 test case
     run_bundle("brats_mtl", "train.json", {**overrides, "epochs": 1, "batch_size": 16, "progress_bar": False})
-    run_bundle("brats_mtl", ["train.json", "evaluate.json"], {**overrides, "output_dir": str(tmp_path / "eval"), "n_bootstrap": 50})
+    run_bundle("brats_mtl", ["train.json", "evaluate.json"],
+        {**overrides, "output_dir": str(tmp_path / "eval"), "n_bootstrap": 50}
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_cases"] == n_cases
     assert metrics["n_slices"] > 10 * n_cases

@@ -28,7 +28,8 @@ def test_failed_save_keeps_previous_model_intact(tmp_path):
     before = torch.load(tmp_path / "model.pt", weights_only=True)
 
     bad_engine = Engine(lambda e, b: None)
-    AtomicCheckpointSaver(str(tmp_path), {"model": Unpicklable()}, save_final=True, final_filename="model.pt").attach(bad_engine)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": Unpicklable()}, save_final=True, final_filename="model.pt")
+    saver.attach(bad_engine)
     with pytest.raises(Exception):
         bad_engine.run([0], max_epochs=1)
     after = torch.load(tmp_path / "model.pt", weights_only=True)

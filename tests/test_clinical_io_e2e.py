@@ -24,13 +24,15 @@ from PIL import Image
 
 from common.data import generate_brats_like
 from common.dicom import nifti_case_to_dicom, write_photo
-from tests.bundle_cli import REAL_DATA, REPO, TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
+from tests.bundle_cli import REAL_DATA, REPO, bundle_configs
+from tests.bundle_specs import SPECS
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
 from tests.orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.slow
 
 MODALITIES = ["t1", "t1ce", "flair"]  # glioma_seg_idh's default channels; t1 (the first) is the SEG's reference
+# inference settings for the session's tiny glioma_seg_idh model (features [4, 8, 16]; larger sliding windows)
 SMALL = {"features": [4, 8, 16], "patch_size": 32, "samples_per_case": 2, "batch_size": 4, "sw_batch_size": 64}
 IDH_CODE = "IDH_MUT_PROB"  # 99MTLMONAI code of idh_probability (docs/dicom_output.md)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -91,16 +93,12 @@ def _run_bundle_in_netns(pacs: OrthancServer, bundle: str, overrides: dict, env:
     return proc
 
 
-def test_glioma_dicom_study_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path):
+def test_glioma_dicom_study_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, trained_bundle):
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session_from_user_pass
 
-    # a tiny model, trained on synthetic data (the architecture is size-agnostic: sliding windows)
-    train_data = tmp_path / "train"
-    generate_brats_like(train_data, n_cases=6, shape=(32, 32, 12), seed=5)
-    root = tmp_path / "bundle"
-    run_bundle("glioma_seg_idh", "train.json",
-               {"dataset_dir": str(train_data), "bundle_root": str(root), "epochs": 1, "val_interval": 1, **SMALL})
+    # the session's tiny model, trained on synthetic data (the architecture is size-agnostic: sliding windows)
+    root = trained_bundle("glioma_seg_idh")
 
     # the case as a DICOM study (one MR series per modality)
     case = _source_case(tmp_path)
@@ -207,12 +205,12 @@ def _fundus_rgb(tmp_path: Path, synthetic: Path) -> np.ndarray:
     return np.asarray(Image.open(synthetic / "images" / "fundus_000.jpg").convert("RGB"))
 
 
-def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path):
+def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, bundle_data, trained_bundle):
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session_from_user_pass
 
-    small = TINY_FUNDUS
-    data, root = train_tiny_fundus(tmp_path)
+    small = SPECS["fundus_glaucoma"].small
+    data, root = bundle_data("fundus_glaucoma"), trained_bundle("fundus_glaucoma")
     photo = write_photo(_fundus_rgb(tmp_path, data), tmp_path / "modality" / "eye.dcm", patient_id="EYE1")
     source = pydicom.dcmread(photo)
 

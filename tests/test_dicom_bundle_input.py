@@ -20,7 +20,8 @@ from PIL import Image
 from common.data import generate_brats_like
 from common.dicom import nifti_case_to_dicom, read_series, write_photo
 from common.errors import DatasetError
-from tests.bundle_cli import TINY_FUNDUS, bundle_configs, run_bundle, train_tiny_fundus
+from tests.bundle_cli import bundle_configs, run_bundle
+from tests.bundle_specs import SPECS
 from tests.dicom_sources import write_enhanced_mr
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
 
@@ -37,13 +38,9 @@ def _unlabelled_pair(data_dir: Path, dst: Path) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_glioma_seg_idh_inference_on_dicom_study(tmp_path):
-    small = {"features": [4, 8, 16], "patch_size": 16, "samples_per_case": 2, "batch_size": 4, "sw_batch_size": 16}
-    data = tmp_path / "data"
-    generate_brats_like(data, n_cases=6, shape=(32, 32, 12), seed=5)
-    root = tmp_path / "bundle"
-    run_bundle("glioma_seg_idh", "train.json",
-               {"dataset_dir": str(data), "bundle_root": str(root), "epochs": 1, "val_interval": 1, **small})
+def test_glioma_seg_idh_inference_on_dicom_study(tmp_path, bundle_data, trained_bundle):
+    small = SPECS["glioma_seg_idh"].small
+    data, root = bundle_data("glioma_seg_idh"), trained_bundle("glioma_seg_idh")
     unlabelled = tmp_path / "unlabelled"
     nifti, dicom = _unlabelled_pair(data, unlabelled)
     # the same study with every series as one enhanced (multi-frame) MR image, as current scanners export it
@@ -83,13 +80,9 @@ def test_glioma_seg_idh_inference_on_dicom_study(tmp_path):
 
 
 @pytest.mark.slow
-def test_brats_mtl_inference_on_dicom_study(tmp_path):
-    small = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-             "mask_patch_size": 8}
-    data = tmp_path / "data"
-    generate_brats_like(data, n_cases=6, shape=(32, 32, 12), seed=3)
-    root = tmp_path / "bundle"
-    run_bundle("brats_mtl", "train.json", {"dataset_dir": str(data), "bundle_root": str(root), "epochs": 1, **small})
+def test_brats_mtl_inference_on_dicom_study(tmp_path, bundle_data, trained_bundle):
+    small = SPECS["brats_mtl"].small
+    data, root = bundle_data("brats_mtl"), trained_bundle("brats_mtl")
     unlabelled = tmp_path / "unlabelled"
     nifti, dicom = _unlabelled_pair(data, unlabelled)
     out = tmp_path / "pred"
@@ -106,9 +99,9 @@ def test_brats_mtl_inference_on_dicom_study(tmp_path):
 
 
 @pytest.mark.slow
-def test_fundus_glaucoma_inference_on_dicom_photo(tmp_path):
-    small = TINY_FUNDUS
-    data, root = train_tiny_fundus(tmp_path)
+def test_fundus_glaucoma_inference_on_dicom_photo(tmp_path, bundle_data, trained_bundle):
+    small = SPECS["fundus_glaucoma"].small
+    data, root = bundle_data("fundus_glaucoma"), trained_bundle("fundus_glaucoma")
     src = tmp_path / "in" / "images"
     src.mkdir(parents=True)
     shutil.copy(data / "images" / "fundus_000.jpg", src / "photo.jpg")

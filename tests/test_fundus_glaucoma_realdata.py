@@ -63,7 +63,9 @@ def test_drishti_train_evaluate_infer(tmp_path):
     run_bundle(BUNDLE, "train.json", over)
     small = {k: v for k, v in over.items() if k not in ("locator_epochs", "epochs", "val_interval", "batch_size",
                                                          "locator_batch_size", "progress_bar")}
-    run_bundle(BUNDLE, ["train.json", "evaluate.json"], {**small, "eval_split": "test", "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"],
+        {**small, "eval_split": "test", "output_dir": str(tmp_path / "eval")}
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_images"] == 4  # the official test images kept
     for key in ("disc_dice", "cup_dice", "vcdr_mae", "glaucoma_auc", "glaucoma_auc_ci_low", "glaucoma_auc_ci_high"):

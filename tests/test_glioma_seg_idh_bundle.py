@@ -1,33 +1,25 @@
 """glioma_seg_idh end to end through the monai.bundle CLI on synthetic data: train -> evaluate -> inference,
-single-task strategies, BraTS regions, outputs in the input's space, resume after a kill, bad input, bundle
-properties, metadata, TorchScript export and torchrun."""
+single-task strategies, BraTS regions, outputs in the input's space. The contract every bundle keeps (resume after a
+kill, bad input, bundle properties, metadata, TorchScript export, torchrun) is in test_bundle_contract.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from common.data import generate_brats_like
-from tests.bundle_cli import REPO, bundle_configs, check_workflow_properties, run_bundle
+from tests.bundle_cli import run_bundle
+from tests.bundle_specs import SPECS
+from tests.bundle_specs import copy_cases as _copy_cases
 
 BUNDLE = "glioma_seg_idh"
-CFG = bundle_configs(BUNDLE)
-SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-# a tiny network and crop so a CPU epoch takes about a second
-SMALL = {"features": [4, 8, 16], "patch_size": 16, "samples_per_case": 2, "batch_size": 4, "sw_batch_size": 16}
+SMALL = SPECS[BUNDLE].small
 METRIC_KEYS = {
     "dice_mean",
     "hd95_mean",
@@ -44,35 +36,15 @@ def _log(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-def _copy_cases(src: Path, dst: Path, n: int, skip_seg: bool = False) -> list[Path]:
-    cases = sorted(p for p in src.iterdir() if p.is_dir())[:n]
-    for case in cases:
-        (dst / case.name).mkdir(parents=True)
-        for f in case.iterdir():
-            if not (skip_seg and f.name.endswith("_seg.nii.gz")):
-                shutil.copy(f, dst / case.name / f.name)
-    if (src / "labels.csv").exists():
-        shutil.copy(src / "labels.csv", dst / "labels.csv")
-    return [dst / c.name for c in cases]
+@pytest.fixture
+def data_dir(bundle_data) -> Path:
+    return bundle_data(BUNDLE)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("glioma_demo")
-    generate_brats_like(out, n_cases=10, shape=(32, 32, 12), seed=5)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> Path:
-    root = tmp_path_factory.mktemp("glioma_bundle")
-    proc = run_bundle(
-        BUNDLE,
-        "train.json",
-        {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 2, "val_interval": 1, **SMALL},
-    )
-    assert "epoch 1: training tasks ['seg', 'idh']" in _log(proc)
-    return root
+@pytest.fixture
+def trained(trained_bundle) -> Path:
+    """A bundle root with a model trained for 2 epochs (SPECS[BUNDLE].train)."""
+    return trained_bundle(BUNDLE)
 
 
 @pytest.mark.slow
@@ -183,177 +155,3 @@ def test_brats_regions_by_override(data_dir, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"dice_wt", "dice_tc", "dice_et", "hd95_wt", "dice_mean"} <= set(metrics)
     assert metrics["dice_mean"] == pytest.approx(np.mean([metrics["dice_wt"], metrics["dice_tc"], metrics["dice_et"]]))
-
-
-@pytest.mark.slow
-def test_killed_training_resumes_from_last_checkpoint(data_dir, tmp_path):
-    epochs = 40
-    overrides = {
-        "dataset_dir": str(data_dir),
-        "bundle_root": str(tmp_path),
-        "epochs": epochs,
-        "val_interval": 100,
-        "progress_bar": False,
-        **SMALL,
-    }
-    cfg_args = [x for k, v in overrides.items() for x in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CFG / "train.json"), *cfg_args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    models = tmp_path / "models"
-    try:
-        deadline = time.time() + 300
-        while not list(models.glob("resume_*.pt")) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    saved = sorted(models.glob("resume_*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
-    assert saved, "no epoch checkpoint was written before the kill"
-    epoch_saved = int(saved[-1].stem.split("=")[-1])
-    assert epoch_saved < epochs
-    log = _log(run_bundle(BUNDLE, "train.json", overrides))
-    assert f"resuming training from {saved[-1]}" in log
-    assert f"epoch {epoch_saved}: training tasks" not in log and f"epoch {epoch_saved + 1}: training tasks" in log
-    assert (models / f"resume_checkpoint_epoch={epochs}.pt").is_file()
-
-
-def _bad_copy(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    bad = tmp_path / "bad"
-    cases = _copy_cases(data_dir, bad, 4)
-    return bad, cases[1]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("damage", ["shape", "labels", "nan", "idh"])
-def test_bad_input_gives_one_clear_error(damage, data_dir, tmp_path):
-    bad, case = _bad_copy(data_dir, tmp_path)
-    name = case.name
-    if damage == "shape":
-        target = case / f"{name}_flair.nii.gz"
-        img = nib.load(target)
-        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :-1], img.affine), target)
-        expected = [f"{name}_flair.nii.gz", "shape (32, 32, 11) differs"]
-    elif damage == "labels":
-        target = case / f"{name}_seg.nii.gz"
-        img = nib.load(target)
-        seg = np.asarray(img.dataobj).copy()
-        seg[0, 0, 0] = 7
-        nib.save(nib.Nifti1Image(seg, img.affine), target)
-        expected = [f"{name}_seg.nii.gz", "segmentation labels [7] are outside"]
-    elif damage == "nan":
-        target = case / f"{name}_t1ce.nii.gz"
-        img = nib.load(target)
-        data = np.asarray(img.dataobj).astype(np.float32)
-        data[3, 3, 3] = np.nan
-        nib.save(nib.Nifti1Image(data, img.affine), target)
-        expected = [f"{name}_t1ce.nii.gz", "holds 1 NaN voxel"]
-    else:
-        text = (bad / "labels.csv").read_text().replace(f"{name},", f"{name},IDH1-R132H,", 1)
-        lines = [ln if not ln.startswith(f"{name},") else f"{name},IDH1-R132H" for ln in text.splitlines()]
-        (bad / "labels.csv").write_text("\n".join(lines) + "\n")
-        expected = ["labels.csv", "idh_status='IDH1-R132H' is not one of"]
-    proc = run_bundle(
-        BUNDLE,
-        "train.json",
-        {
-            "dataset_dir": str(bad),
-            "bundle_root": str(tmp_path / "b"),
-            "epochs": 1,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
-            **SMALL,
-        },
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "DatasetError" in proc.stderr and f"case '{name}'" in proc.stderr, proc.stderr[-3000:]
-    for text in expected:
-        assert text in proc.stderr, proc.stderr[-3000:]
-
-
-def test_workflow_properties_complete(data_dir):
-    check_workflow_properties(BUNDLE, data_dir)
-
-
-def test_metadata_valid_and_describes_every_output():
-    meta = json.loads((CFG / "metadata.json").read_text())
-    if SCHEMA.exists():
-        jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
-    assert meta["version"] in meta["changelog"]
-    assert (CFG.parent / "LICENSE").is_file() and (CFG.parent / "docs" / "README.md").is_file()
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(CFG / "inference.json"))
-    net = parser.get_parsed_content("network_def").eval()
-    fmt = meta["network_data_format"]
-    inp = fmt["inputs"]["image"]
-    assert inp["num_channels"] == len(parser["modalities"])
-    assert inp["spatial_shape"] == [parser["patch_size"], parser["patch_size"], parser["slices"]]
-    assert [inp["channel_def"][str(i)] for i in range(inp["num_channels"])] == parser["modalities"]
-    with torch.no_grad():
-        out = net(torch.randn(1, inp["num_channels"], *inp["spatial_shape"]))
-    assert set(out) == set(fmt["outputs"])
-    for name, spec in fmt["outputs"].items():
-        assert out[name].shape[1] == spec["num_channels"], name
-        if len(spec["spatial_shape"]) > 1:
-            assert list(out[name].shape[2:]) == spec["spatial_shape"], name
-
-
-def test_train_evaluate_inference_networks_agree():
-    from monai.bundle import ConfigParser
-
-    shapes = []
-    for cfg in ("train.json", "inference.json"):  # evaluate.json is merged over train.json: it has no network
-        parser = ConfigParser()
-        parser.read_config(str(CFG / cfg))
-        net = parser.get_parsed_content("network_def")
-        shapes.append({k: tuple(v.shape) for k, v in net.state_dict().items()})
-    assert shapes[0] == shapes[1]
-
-
-@pytest.mark.slow
-def test_torchscript_export(trained, tmp_path):
-    ts = tmp_path / "model.ts"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "ckpt_export",
-        "network_def",
-        "--filepath",
-        str(ts),
-        "--ckpt_file",
-        str(trained / "models" / "model.pt"),
-        "--meta_file",
-        str(CFG / "metadata.json"),
-        "--config_file",
-        str(CFG / "inference.json"),
-        "--bundle_root",
-        str(trained),
-        "--key_in_ckpt",
-        "model",
-    ]
-    cmd += [x for k, v in SMALL.items() for x in (f"--{k}", json.dumps(v))]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    model = torch.jit.load(str(ts))
-    out = model(torch.randn(1, 3, 16, 16, 3))
-    assert out["seg"].shape == (1, 1, 16, 16, 3) and out["idh"].shape == (1, 1)
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes(data_dir, tmp_path):
-    proc = run_bundle(
-        BUNDLE,
-        ["train.json", "multi_gpu_train.json"],
-        {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 2, "val_interval": 1, **SMALL},
-        torchrun=2,
-    )
-    log = _log(proc)
-    assert "rank 0: epoch 2: training tasks" in log and "rank 1: epoch 2: training tasks" in log
-    models = tmp_path / "models"
-    assert (models / "model.pt").is_file()
-    assert [p.name for p in models.glob("resume_*.pt")] == ["resume_checkpoint_epoch=2.pt"]
-    assert log.count("Saved checkpoint at epoch: 2") == 1

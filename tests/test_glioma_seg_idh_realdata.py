@@ -42,7 +42,9 @@ def test_lgg_train_evaluate_with_idh_labels(tmp_path):
     root = tmp_path / "bundle"
     over = {"dataset_dir": str(src), "bundle_root": str(root), "train_fraction": 0.25, **FAST}
     run_bundle(BUNDLE, "train.json", over)
-    run_bundle(BUNDLE, ["train.json", "evaluate.json"], {**over, "eval_split": "test", "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"],
+        {**over, "eval_split": "test", "output_dir": str(tmp_path / "eval")}
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     labels = {r["patient"]: r["idh_status"] for r in csv.DictReader(open(src / "labels.csv"))}
     assert 10 <= metrics["n_cases"] <= 16  # the 15% test split of 88 patients
@@ -64,7 +66,9 @@ def test_brats2015_regions_and_full_size_output(tmp_path):
         "batch_size": 4,
     }  # 2 training cases x 2 crops
     run_bundle(BUNDLE, "train.json", over)
-    run_bundle(BUNDLE, ["train.json", "evaluate.json"], {**over, "eval_split": "test", "output_dir": str(tmp_path / "eval")})
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"],
+        {**over, "eval_split": "test", "output_dir": str(tmp_path / "eval")}
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_cases"] == 1 and metrics["n_idh_labelled"] == 0 and metrics["idh_auc"] is None
     assert {"dice_wt", "dice_tc", "dice_et"} <= set(metrics)

@@ -30,7 +30,10 @@ def test_valid_sample_mask():
 
 def test_missing_labels_are_skipped_and_other_tasks_still_learn():
     loss = make_loss()
-    preds = {"cls": torch.tensor([[2.0], [-3.0], [0.5]], requires_grad=True), "reg": torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)}
+    preds = {
+        "cls": torch.tensor([[2.0], [-3.0], [0.5]], requires_grad=True),
+        "reg": torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True),
+    }
     targets = {"label": torch.tensor([1, -1, 0]), "value": torch.tensor([float("nan"), 2.5, float("nan")])}
     out = loss(preds, targets)
     expected_cls = nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, 0.5]), torch.tensor([1.0, 0.0]))
@@ -47,7 +50,8 @@ def test_task_without_any_label_is_absent_and_active_tasks_filter():
     preds = {"cls": torch.zeros(2, 1), "reg": torch.zeros(2, 1)}
     targets = {"label": torch.tensor([-1, -1]), "value": torch.tensor([1.0, 2.0])}
     assert set(loss(preds, targets)) == {"reg"}
-    assert set(loss(preds, {"label": torch.tensor([1, 0]), "value": torch.tensor([1.0, 2.0])}, tasks=["cls"])) == {"cls"}
+    targets = {"label": torch.tensor([1, 0]), "value": torch.tensor([1.0, 2.0])}
+    assert set(loss(preds, targets, tasks=["cls"])) == {"cls"}
 
 
 def test_multitask_loss_errors():
@@ -105,8 +109,10 @@ def test_case_bootstrap_is_wider_for_correlated_slices():
 def test_binary_task_metrics_skip_unknown_labels():
     m = BinaryTaskMetrics("cls", prefix="cls", n_bootstrap=50)
     m.reset()
-    m.update({"pred": {"cls": torch.tensor([[3.0], [-3.0], [2.0], [0.1]])}, "label": {"label": torch.tensor([1, 0, -1, 0]), "case": ["a", "a", "b", "b"]}})
-    m.update({"pred": {"cls": torch.tensor([[1.0], [-1.0]])}, "label": {"label": torch.tensor([1, 0]), "case": ["c", "c"]}})
+    m.update({"pred": {"cls": torch.tensor([[3.0], [-3.0], [2.0], [0.1]])},
+              "label": {"label": torch.tensor([1, 0, -1, 0]), "case": ["a", "a", "b", "b"]}})
+    m.update({"pred": {"cls": torch.tensor([[1.0], [-1.0]])},
+              "label": {"label": torch.tensor([1, 0]), "case": ["c", "c"]}})
     out = m.compute()
     assert out["cls_n"] == 5
     assert out["cls_auc"] == pytest.approx(1.0)

@@ -27,10 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import generate_brats_like
-from common.data.synthetic_cmr import generate_cmr_fundus_like
-from common.data.synthetic_fundus import generate_fundus_like
-from tests.bundle_cli import REPO, run_bundle
+from tests.bundle_cli import REPO
 
 # the MONAI Label environment: $MONAILABEL_VENV (scripts/run_tests.sh sets it), else ./.venv-monailabel
 VENV_PY = Path(os.environ.get("MONAILABEL_VENV") or REPO / ".venv-monailabel") / "bin" / "python"
@@ -39,19 +36,13 @@ needs_venv = pytest.mark.skipif(
     not VENV_PY.exists(), reason=f"{VENV_PY.parents[1]} is absent: run `bash scripts/install_monailabel.sh` to make it"
 )
 MODELS = ("glioma_seg_idh", "fundus_glaucoma", "cmr_fundus")
-# tiny networks (as in the bundles' own tests); the same values are passed to the exporter with --set
+# the tiny networks of the session's trained models (tests/bundle_specs.py); passed to the exporter with --set
 SMALL = {
     "glioma_seg_idh": {"features": [4, 8, 16], "patch_size": 16},
     "fundus_glaucoma": {"features": [4, 8, 16], "crop_size": 32, "locator_size": 32,
                         "locator_features": [4, 4, 8, 16, 32, 4]},
     "cmr_fundus": {"image_size": 32, "min_image_size": 32, "encoder_channels": [8, 8, 16, 16], "expert_dim": 8,
                    "hidden_dim": 8},
-}
-TRAIN_ONLY = {
-    "glioma_seg_idh": {"epochs": 1, "val_interval": 1, "samples_per_case": 2, "batch_size": 4},
-    "fundus_glaucoma": {"locator_epochs": 1, "epochs": 1, "val_interval": 1, "batch_size": 4,
-                        "locator_batch_size": 4, "train_max_side": 256},
-    "cmr_fundus": {"epochs": 1, "batch_size": 4, "progress_bar": False},
 }
 
 
@@ -73,25 +64,13 @@ def _export(bundle: str, out: Path, models: Path, overrides: dict, check: bool =
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """Train each bundle for one epoch on a few synthetic cases; return bundle -> its models folder."""
-    root = tmp_path_factory.mktemp("monailabel_train")
-    data = {
-        "glioma_seg_idh": root / "brats",
-        "fundus_glaucoma": root / "fundus",
-        "cmr_fundus": root / "cmr",
-    }
-    generate_brats_like(data["glioma_seg_idh"], n_cases=4, shape=(32, 32, 12), seed=5)
-    generate_fundus_like(data["fundus_glaucoma"], n_images=8, size=(160, 176), seed=3)
-    generate_cmr_fundus_like(data["cmr_fundus"], n_patients=6, size=48, seed=3)
-    out = {}
-    for bundle in MODELS:
-        bundle_root = root / f"{bundle}_bundle"
-        overrides = {"dataset_dir": str(data[bundle]), "bundle_root": str(bundle_root)}
-        run_bundle(bundle, "train.json", {**overrides, **SMALL[bundle], **TRAIN_ONLY[bundle]})
-        out[bundle] = bundle_root / "models"
-    out["data"] = root
-    return out
+def trained(tmp_path_factory, bundle_data, trained_bundle) -> dict[str, Path]:
+    """Each bundle's tiny model of the session (tests/conftest.py: trained with the SMALL networks above); return
+    bundle -> its models folder, and "data" -> a folder linking the synthetic data sets as brats, fundus and cmr."""
+    data = tmp_path_factory.mktemp("monailabel_data")
+    for name, bundle in (("brats", "glioma_seg_idh"), ("fundus", "fundus_glaucoma"), ("cmr", "cmr_fundus")):
+        (data / name).symlink_to(bundle_data(bundle), target_is_directory=True)
+    return {**{bundle: trained_bundle(bundle) / "models" for bundle in MODELS}, "data": data}
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ def _environment_pip_requirements() -> dict[str, Requirement]:
 
 def test_environment_yml_matches_pyproject():
     py, env = _pyproject_requirements(), _environment_pip_requirements()
-    assert set(py) == set(env), f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    assert set(py) == set(env), (
+        f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    )
     for name, req in py.items():
         pinned = env[name]
         if str(pinned.specifier) == str(req.specifier):
@@ -162,3 +164,12 @@ def test_common_layers_have_no_import_cycle():
 
     cycles = [pkg for pkg in graph if reaches(pkg, pkg, set())]
     assert not cycles, f"import cycles through {cycles}: {graph}"
+
+
+def test_test_command_lints_before_pytest():
+    """scripts/run_tests.sh (CI's command) fails on lint errors: ruff runs before pytest, under ``set -e``."""
+    script = (REPO / "scripts" / "run_tests.sh").read_text()
+    assert "set -euo pipefail" in script
+    assert 0 <= script.find("ruff check") < script.find("python -m pytest")
+    assert "ruff" in _pyproject_requirements() and "select" in tomllib.loads(
+        (REPO / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]

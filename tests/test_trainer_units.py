@@ -54,7 +54,8 @@ def _trainer(net, phases=None, weighting="ew", inactive=None, loader=None, epoch
 def test_phases_and_inactive_kwargs():
     net = RecordingNet()
     seen = []
-    tr = _trainer(net, phases=[{"epochs": 1, "tasks": ["b"]}, {"epochs": 2, "tasks": ["a", "b"]}], inactive={"a": {"flag": None}})
+    phases = [{"epochs": 1, "tasks": ["b"]}, {"epochs": 2, "tasks": ["a", "b"]}]
+    tr = _trainer(net, phases=phases, inactive={"a": {"flag": None}})
     tr.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(sorted(e.state.output["task_losses"])))
     tr.run()
     assert seen == [["b"], ["a", "b"], ["a", "b"]]
@@ -81,7 +82,9 @@ def test_missing_labels_still_train_other_tasks():
 def test_weightings_reduce_training_loss(name):
     tr2 = _trainer(RecordingNet(), weighting=name, epochs=30)
     hist = []
-    tr2.add_event_handler(Events.ITERATION_COMPLETED, lambda e: hist.append(sum(e.state.output["task_losses"].values())))
+    tr2.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: hist.append(sum(e.state.output["task_losses"].values()))
+    )
     tr2.run()
     assert hist[-1] < hist[0]
     assert set(tr2.state.output["task_weights"]) == {"a", "b"}

@@ -57,5 +57,7 @@ class MultiTaskPrepareBatch(PrepareBatch):
         for k in self.meta_keys:
             if k in batchdata:
                 targets[k] = batchdata[k]
-        net_kwargs = {a: _to_device(batchdata[k], device, non_blocking, **kwargs) for a, k in self.network_kwargs.items()}
+        net_kwargs = {
+            a: _to_device(batchdata[k], device, non_blocking, **kwargs) for a, k in self.network_kwargs.items()
+        }
         return image, targets, (), net_kwargs

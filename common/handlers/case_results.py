@@ -15,7 +15,7 @@ Consumers handle both events and remember which cases they have handled (:class:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 

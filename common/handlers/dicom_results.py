@@ -22,11 +22,11 @@ from ignite.engine import Engine
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.errors import DatasetError
 from common.dicom.codes import measurement_code, measurement_codes, segment_code, segment_codes
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets
 from common.dicom.seg import write_segmentation
 from common.dicom.sr import write_measurement_report
+from common.errors import DatasetError
 
 from .case_results import CaseResult, CaseResultConsumer, Measurement
 

@@ -39,7 +39,9 @@ def _loadable(path: str) -> bool:
         return False
 
 
-def find_resume_checkpoint(ckpt_dir: str, signature: Mapping[str, Any] | None = None, prefix: str = "resume") -> str | None:
+def find_resume_checkpoint(
+    ckpt_dir: str, signature: Mapping[str, Any] | None = None, prefix: str = "resume"
+) -> str | None:
     """Path of the newest loadable ``<prefix>_*=<epoch>.pt`` in ``ckpt_dir``, or None.
 
     With a ``signature`` (the settings that define a run: data, strategy, ...) the checkpoint is used only if the

@@ -27,10 +27,7 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) ->
     lo, hi = np.percentile(image, (1, 99))
     grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
     h = np.clip(heat, 0, 1)
-    jet = np.stack(
-        [np.clip(1.5 - np.abs(4 * h - 3), 0, 1), np.clip(1.5 - np.abs(4 * h - 2), 0, 1), np.clip(1.5 - np.abs(4 * h - 1), 0, 1)],
-        -1,
-    )
+    jet = np.stack([np.clip(1.5 - np.abs(4 * h - k), 0, 1) for k in (3, 2, 1)], -1)
     g3 = np.repeat(grey[..., None], 3, -1)
     blend = (1 - alpha) * g3 + alpha * jet
     return (np.concatenate([g3, blend], axis=1) * 255).astype(np.uint8)

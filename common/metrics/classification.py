@@ -97,7 +97,9 @@ class BinaryTaskMetrics(OutputDictMetric):
         labels = np.concatenate(self._labels) if self._labels else np.zeros(0)
         out = {
             f"{self.prefix}_auc": roc_auc(probs, labels),
-            f"{self.prefix}_accuracy": float(np.mean((probs >= self.threshold) == (labels > 0.5))) if len(labels) else float("nan"),
+            f"{self.prefix}_accuracy": (
+                float(np.mean((probs >= self.threshold) == (labels > 0.5))) if len(labels) else float("nan")
+            ),
             f"{self.prefix}_balanced_accuracy": balanced_accuracy(probs >= self.threshold, labels > 0.5),
             self.count_key: int(len(labels)),
         }

@@ -133,7 +133,8 @@ class CAGrad(GradientWeighting):
         d  = g0 + sqrt(phi) / ||g_w*|| * g_w*
 
     The simplex problem is solved in torch (no SciPy) by :func:`solve_cagrad_weights`: exactly from the KKT
-    conditions on each support for up to 8 tasks, projected gradient descent otherwise. The shared gradient is ``d / (1 + c^2)`` (``rescale=1``, LibMTL's default), ``d / (1 + c)``
+    conditions on each support for up to 8 tasks, projected gradient descent otherwise. The shared gradient is
+    ``d / (1 + c^2)`` (``rescale=1``, LibMTL's default), ``d / (1 + c)``
     (``rescale=2``) or ``d`` (``rescale=0``). ``c = 0`` gives the mean gradient ``g0`` (note: the *mean*, so
     1/T of EW's shared gradient). Task-specific parameters get their own task's gradient. The returned weight
     of task i is its coefficient in the shared gradient, ``(1/T + sqrt(phi) w_i / ||g_w||) / rescale``.
