@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,3 +208,24 @@ def test_bad_input_gives_one_clear_error(bundle, damage, bundle_data, tmp_path):
     assert "DatasetError" in proc.stderr, proc.stderr[-3000:]
     for text in expected:
         assert text in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_design_command_trains_on_the_generated_default_data(bundle, tmp_path):
+    """``python -m monai.bundle run --config_file bundles/<name>/configs/train.json`` in a fresh checkout (no data
+    prepared by hand): the default ``dataset_dir``, the embedded demo set, is generated on first use and trained on;
+    tiny settings and one epoch keep it short."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(bundle_configs(bundle), checkout / "bundles" / bundle / "configs")
+    demo = ConfigParser.load_config_file(str(bundle_configs(bundle) / "train.json"))["demo_dataset_dir"]
+    overrides = {**spec_of(bundle).small, **spec_of(bundle).train, "epochs": 1, "progress_bar": False}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"bundles/{bundle}/configs/train.json",
+           *cli_args(overrides)]
+    proc = subprocess.run(cmd, cwd=checkout, env=bundle_env(), capture_output=True, text=True, timeout=900)
+    log = log_of(proc)
+    assert proc.returncode == 0, log[-5000:]
+    assert f"dataset_dir '{demo}' (the bundle's default, the embedded demo data set) is absent: generating it" in log
+    assert any((checkout / demo).iterdir())
+    for name in spec_of(bundle).model_files:
+        assert (checkout / "bundles" / bundle / "models" / name).is_file(), name
