@@ -83,3 +83,16 @@ def trained_bundle(tmp_path_factory, bundle_data) -> Callable[[str], Path]:
         return roots[bundle]
 
     return trained
+
+
+@pytest.fixture
+def data_dir(request, bundle_data) -> Path:
+    """The synthetic data set of the test module's ``BUNDLE`` (per-bundle test modules; read-only)."""
+    return bundle_data(request.module.BUNDLE)
+
+
+@pytest.fixture
+def trained(request, trained_bundle) -> Path:
+    """A bundle root with a tiny model of the test module's ``BUNDLE`` trained with its ``small`` and ``train``
+    settings (tests/bundle_specs.py); its ``models/`` must not be changed."""
+    return trained_bundle(request.module.BUNDLE)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,15 +20,6 @@ SMALL = SPECS[BUNDLE].small
 METRIC_KEYS = {"cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "mim_mse", "n_slices", "n_cases"}
 
 
-@pytest.fixture
-def data_dir(bundle_data) -> Path:
-    return bundle_data(BUNDLE)
-
-
-@pytest.fixture
-def trained(trained_bundle) -> Path:
-    """A bundle root with a model trained for 2 epochs (mtl, uncertainty weighting: SPECS[BUNDLE].train)."""
-    return trained_bundle(BUNDLE)
 
 
 def _epoch(state: dict) -> int:

@@ -28,15 +28,6 @@ def _log(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def data_dir(bundle_data) -> Path:
-    return bundle_data(BUNDLE)
-
-
-@pytest.fixture
-def trained(trained_bundle) -> Path:
-    """A bundle root with a model trained for 2 epochs (SPECS[BUNDLE].train)."""
-    return trained_bundle(BUNDLE)
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import csv
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,15 +36,6 @@ def _log(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture
-def data_dir(bundle_data) -> Path:
-    return bundle_data(BUNDLE)
-
-
-@pytest.fixture
-def trained(trained_bundle) -> Path:
-    """A bundle root with a locator and a model trained for 2 epochs each (SPECS[BUNDLE].train)."""
-    return trained_bundle(BUNDLE)
 
 
 @pytest.mark.slow
