@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .case_checks import CheckMultimodalCased
 from .class_labels import MaskLabelOutsideForegroundd
-from .colour_image import CheckColourImaged
+from .colour_image import CheckColourImaged, photo_to_rgb
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
 from .intensity import standardize_channels
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
@@ -22,6 +22,7 @@ __all__ = [
     "crop_square",
     "keep_largest_component_logits",
     "paste_crop",
+    "photo_to_rgb",
     "regions_to_label_map",
     "standardize_channels",
 ]

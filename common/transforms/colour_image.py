@@ -1,24 +1,63 @@
-"""Checks of a loaded colour photograph (fundus, dermoscopy, ...) and its masks: one clear error naming the file."""
+"""Checks of a loaded colour photograph (fundus, dermoscopy, ...) and its masks: one clear error naming the file;
+:func:`photo_to_rgb`, a ``PILReader`` converter giving palette, CMYK and opaque RGBA photographs as RGB."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import MapTransform
+from monai.utils import optional_import
 
 from ..errors import case_error
 from .case_checks import _filename
 
-__all__ = ["CheckColourImaged"]
+PILImage, _ = optional_import("PIL.Image")
+
+__all__ = ["CheckColourImaged", "photo_to_rgb"]
+
+
+def _opaque(img: Any) -> bool:
+    return img.getchannel("A").getextrema()[0] == 255
+
+
+def photo_to_rgb(img: Any) -> Any:
+    """Give a PIL photograph the mode a colour check expects: a ``PILReader(converter=...)`` for photographs only
+    (not masks, whose palette indices are labels).
+
+    - palette (``P``/``PA``): RGB (its colours), or ``L`` where every colour of the palette in use is a grey, so a
+      grey palette image is still refused as grayscale; with transparency as RGBA below;
+    - ``CMYK``/``YCbCr``/``LAB``/``HSV``: RGB;
+    - ``RGBA``/``RGBa``: RGB where the alpha channel is fully opaque (it carries nothing); with transparent pixels
+      left as it is, so that :class:`CheckColourImaged` refuses it (no background colour is guessed);
+    - ``LA``/``La`` that is fully opaque: ``L`` (refused as grayscale by the check, not as 2 channels);
+    - other modes (RGB, L, I;16, ...) unchanged.
+    """
+    mode = img.mode
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        rgb = np.asarray(img.convert("RGB"))
+        if not has_alpha and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            return img.convert("L")
+        mode = img.mode
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    if mode in ("RGBA", "RGBa") and _opaque(img):
+        return img.convert("RGB")
+    if mode in ("LA", "La") and _opaque(img):
+        return img.convert("L")
+    return img
 
 
 class CheckColourImaged(MapTransform):
     """Check a colour image loaded by ``LoadImaged(ensure_channel_first=True)`` (channel-first, 2-D) and its masks.
 
-    Checked: the image has exactly 3 channels (grayscale or RGBA images are refused with a hint, not silently
-    converted), each spatial side is at least ``min_size`` pixels, no NaN/inf values; every mask key present is
+    Checked: the image has exactly 3 channels (grayscale images, and RGBA images with transparent pixels, are refused
+    with a hint; read photographs with ``PILReader(converter=common.transforms.photo_to_rgb)`` so that palette, CMYK
+    and opaque RGBA files arrive as RGB), each spatial side is at least ``min_size`` pixels, no NaN/inf values; every mask key present is
     one channel of the image's size. The error (:class:`~common.errors.DatasetError`) names the case and the file.
 
     Args:
@@ -51,7 +90,11 @@ class CheckColourImaged(MapTransform):
         if channels == 1:
             raise case_error(case, path, "is a grayscale image; a colour (RGB) photograph is required.")
         if channels == 4:
-            raise case_error(case, path, "has 4 channels (RGBA/CMYK); save it as 3-channel RGB.")
+            raise case_error(
+                case, path, "has 4 channels (RGBA with transparent pixels, or CMYK); save it as 3-channel RGB."
+            )
+        if channels == 2:
+            raise case_error(case, path, "is a grayscale image with transparency; a colour (RGB) photograph is required.")
         if channels != 3:
             raise case_error(case, path, f"has {channels} channels; a 3-channel RGB image is required.")
         if min(spatial) < self.min_size:
