@@ -14,7 +14,7 @@ from .case_results import (
 )
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
-from .fundus_predictions import FundusPredictionWriter, draw_contours
+from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .pacs_export import PacsExportHandler
 from .prediction_table import write_prediction_csv
@@ -32,6 +32,7 @@ __all__ = [
     "DicomResultWriter",
     "FactorPredictionWriter",
     "FundusPredictionWriter",
+    "NO_FUNDUS",
     "Measurement",
     "MetricsJSONWriter",
     "PacsExportHandler",
