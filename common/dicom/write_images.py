@@ -23,7 +23,6 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.valuerep import format_number_as_ds
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
@@ -32,6 +31,7 @@ from pydicom.uid import (
     OphthalmicPhotography8BitImageStorage,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = ["nifti_case_to_dicom", "write_mr_series", "write_photo"]
 
