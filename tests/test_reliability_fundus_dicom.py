@@ -122,8 +122,8 @@ def test_fundus_statistic_separates_photographs_from_blank_frames(fundus_dir):
 @pytest.mark.slow
 def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path):
     data, root = train_tiny_fundus(tmp_path)
-    src = tmp_path / "in"
-    src.mkdir()
+    src = tmp_path / "in" / "images"
+    src.mkdir(parents=True)
     photo = Image.open(data / "images" / "fundus_000.jpg")
     photo.quantize(64).save(src / "palette.png")  # a colour palette PNG: converted, not called grayscale
     photo.convert("RGBA").save(src / "opaque_rgba.png")  # opaque alpha: dropped
@@ -133,7 +133,7 @@ def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path):
     photo.save(src / "photo.gif")  # skipped, counted
     out = tmp_path / "pred"
     proc = run_bundle(BUNDLE, "inference.json",
-                      {"dataset_dir": str(src), "bundle_root": str(root), "output_dir": str(out), **TINY_FUNDUS})
+                      {"dataset_dir": str(src.parent), "bundle_root": str(root), "output_dir": str(out), **TINY_FUNDUS})
     log = proc.stdout + proc.stderr
     assert "1 file(s) skipped" in log and ".gif: 1" in log, log[-3000:]
     rows = {r["case"]: r for r in csv.DictReader((out / "predictions.csv").open())}
