@@ -30,15 +30,23 @@ def fundus_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_validation_image_checked_before_the_locator_trains(fundus_dir, tmp_path):
+@pytest.mark.parametrize("damage", ["grayscale_validation_image", "empty_training_disc"])
+def test_inputs_checked_before_the_locator_trains(damage, fundus_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(fundus_dir, bad)
     datalist = build_fundus_datalist(bad, label_column="glaucoma")
-    val = select_split(datalist, "validation", 0.15, 0.2, 0, split_key="split")  # train.json's defaults
-    assert val, "the split has no validation image"
-    case = val[0]["case"]
-    image = Path(val[0]["image"])
-    Image.open(image).convert("L").save(image)  # a grayscale validation photograph
+    split = "validation" if damage == "grayscale_validation_image" else "train"
+    records = select_split(datalist, split, 0.15, 0.2, 0, split_key="split")  # train.json's defaults
+    assert records, f"the split has no {split} image"
+    case = records[0]["case"]
+    if damage == "grayscale_validation_image":  # checked before only after the locator stage (57 s on the demo)
+        image = Path(records[0]["image"])
+        Image.open(image).convert("L").save(image)
+        expected = "is a grayscale image"
+    else:  # found before only by the first crop of the second stage
+        disc = Path(records[0]["disc"])
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(disc)))).save(disc)
+        expected = "mask 'disc' is empty"
     root = tmp_path / "bundle"
     proc = run_bundle(
         BUNDLE, "train.json",
@@ -47,7 +55,7 @@ def test_validation_image_checked_before_the_locator_trains(fundus_dir, tmp_path
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"case '{case}'" in log and "is a grayscale image" in log, log[-3000:]
+    assert f"case '{case}'" in log and expected in log, log[-3000:]
     assert "locator_loss" not in log and not (root / "models" / "locator.pt").exists()  # no training step ran
 
 

@@ -58,11 +58,13 @@ class CheckColourImaged(MapTransform):
     Checked: the image has exactly 3 channels (grayscale images, and RGBA images with transparent pixels, are refused
     with a hint; read photographs with ``PILReader(converter=common.transforms.photo_to_rgb)`` so that palette, CMYK
     and opaque RGBA files arrive as RGB), each spatial side is at least ``min_size`` pixels, no NaN/inf values; every mask key present is
-    one channel of the image's size. The error (:class:`~common.errors.DatasetError`) names the case and the file.
+    one channel of the image's size, and each of ``nonempty_mask_keys`` has a pixel set (a crop around the optic disc
+    needs one; checked on loading rather than at the first training crop). The error (:class:`~common.errors.DatasetError`) names the case and the file.
 
     Args:
         keys: image keys.
         mask_keys: keys of masks that must match the image size (checked when present and not None).
+        nonempty_mask_keys: keys among ``mask_keys`` whose mask must not be empty.
         min_size: smallest allowed side in pixels.
         case_key: key of the image id used in messages.
         allow_missing_keys: don't raise when an image key is absent.
@@ -73,6 +75,7 @@ class CheckColourImaged(MapTransform):
         keys: Sequence[Hashable] | Hashable,
         mask_keys: Sequence[Hashable] = (),
         min_size: int = 64,
+        nonempty_mask_keys: Sequence[Hashable] = (),
         case_key: str = "case",
         allow_missing_keys: bool = False,
     ) -> None:
@@ -80,6 +83,10 @@ class CheckColourImaged(MapTransform):
         if min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {min_size}.")
         self.mask_keys, self.min_size, self.case_key = tuple(mask_keys), int(min_size), case_key
+        self.nonempty_mask_keys = tuple(nonempty_mask_keys)
+        unknown = [k for k in self.nonempty_mask_keys if k not in self.mask_keys]
+        if unknown:
+            raise ValueError(f"nonempty_mask_keys {unknown} are not in mask_keys {list(self.mask_keys)}.")
 
     def _check_image(self, case: str, key: Hashable, img: Any) -> tuple[int, ...]:
         path = _filename(img, str(key))
@@ -128,4 +135,6 @@ class CheckColourImaged(MapTransform):
                     path,
                     f"mask '{key}' size {shape[-2]}x{shape[-1]} differs from the image size {spatial[0]}x{spatial[1]}.",
                 )
+            if key in self.nonempty_mask_keys and not bool((torch.as_tensor(mask) > 0).any()):
+                raise case_error(case, path, f"mask '{key}' is empty (no pixel set); a '{key}' region is required.")
         return d
