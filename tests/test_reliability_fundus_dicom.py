@@ -198,3 +198,38 @@ def test_written_dicom_passes_dciodvfy(tmp_path):
     for path in [*files, slices[0], slices[-1], tmp_path / "enhanced.dcm"]:
         errors = dciodvfy_errors(str(path))
         assert not errors, f"{path}:\n" + "\n".join(errors)
+
+
+CMR_SMALL = {"image_size": 32, "min_image_size": 32, "batch_size": 4, "encoder_channels": [8, 8, 16, 16],
+             "expert_dim": 8, "hidden_dim": 8, "progress_bar": False}
+
+
+@pytest.mark.slow
+def test_cmr_fundus_blank_frame_and_palette_photograph_through_the_cli(tmp_path):
+    from common.data import generate_cmr_fundus_like
+
+    data = generate_cmr_fundus_like(tmp_path / "data", n_patients=12, size=48, seed=3)
+    root = tmp_path / "bundle"
+    run_bundle("cmr_fundus", "train.json", {"dataset_dir": str(data), "bundle_root": str(root), "epochs": 1,
+                                            **CMR_SMALL})
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = Image.open(data / "images" / "p000_left.png").convert("RGB")
+    photo.save(folder / "photo.png")
+    photo.quantize(64).save(folder / "palette.png")
+    Image.new("RGB", (48, 48), (255, 255, 255)).save(folder / "white.png")
+    (folder / "old").mkdir()
+    photo.save(folder / "old" / "x.png")
+    out = tmp_path / "pred"
+    proc = run_bundle("cmr_fundus", "inference.json",
+                      {"dataset_dir": str(folder), "bundle_root": str(root), "output_dir": str(out), **CMR_SMALL})
+    log = proc.stdout + proc.stderr
+    assert "1 file(s) skipped" in log and "old/: 1" in log, log[-3000:]
+    rows = {r["image_id"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert set(rows) == {"photo", "palette", "white"}
+    for case in ("photo", "palette"):
+        assert 0.0 <= float(rows[case]["sex_probability"]) <= 1.0 and rows[case]["flag"] == ""
+    white = rows["white"]
+    assert white["flag"].startswith("no fundus image") and white["sex_prediction"] == "no fundus image"
+    assert white["sex_probability"] == "" and white["age"] == ""
+    assert "image 'white': no fundus image" in log

@@ -13,36 +13,11 @@ from scipy import ndimage
 from torch import nn
 
 from ..metrics.cup_disc import vertical_cdr
+from ..transforms.colour_image import central_green_std
 from ..transforms.disc_crop import crop_square, paste_crop
 from ..transforms.intensity import standardize_channels
 
 __all__ = ["DiscCropInferer", "central_green_std"]
-
-#: side of the square an image is reduced to before :func:`central_green_std` (speed; JPEG noise averages out).
-_STATS_SIZE = 128
-
-
-def central_green_std(images: torch.Tensor, radius: float = 0.4) -> torch.Tensor:
-    """Standard deviation of the green channel inside a central disc, per image: a cheap "is there a fundus
-    photograph" statistic (the green channel carries the vessels, disc and macula; a blank, white, black or
-    near-uniform frame gives about 0).
-
-    Args:
-        images: ``(B, 3, H, W)`` RGB images scaled to [0, 1].
-        radius: radius of the central disc relative to the shorter side.
-
-    Returns:
-        ``(B,)`` float tensor.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W), got {list(images.shape)}.")
-    if not 0.0 < radius <= 0.5:
-        raise ValueError(f"radius must be in (0, 0.5], got {radius}.")
-    small = F.interpolate(images[:, 1:2].float(), size=(_STATS_SIZE, _STATS_SIZE), mode="area")[:, 0]
-    grid = torch.arange(_STATS_SIZE, device=images.device, dtype=torch.float32) - (_STATS_SIZE - 1) / 2
-    inside = grid[:, None] ** 2 + grid[None, :] ** 2 <= (radius * _STATS_SIZE) ** 2
-    return small[:, inside].std(dim=1)
-
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
