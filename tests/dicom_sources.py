@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 import pydicom
-from pydicom.valuerep import format_number_as_ds
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = ["MR_SHAPE", "write_enhanced_mr", "write_mr_series", "write_fundus_photo"]
 

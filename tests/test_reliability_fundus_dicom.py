@@ -144,7 +144,8 @@ def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path):
                       {"dataset_dir": str(src.parent), "bundle_root": str(root), "output_dir": str(out), **TINY_FUNDUS})
     log = proc.stdout + proc.stderr
     assert "1 file(s) skipped" in log and ".gif: 1" in log, log[-3000:]
-    rows = {r["case"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+    with (out / "predictions.csv").open() as handle:
+        rows = {r["case"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"palette", "opaque_rgba", "photo", "white", "black"}
     for case in ("palette", "opaque_rgba", "photo"):
         assert 0 <= float(rows[case]["glaucoma_probability"]) <= 1, rows[case]
@@ -184,8 +185,8 @@ def test_case_result_of_a_blank_frame(tmp_path):
 def test_written_dicom_passes_dciodvfy(tmp_path):
     from scipy.spatial.transform import Rotation
 
-    from common.dicom.write_images import write_mr_series
-    from tests.dicom_sources import write_enhanced_mr
+    from common.dicom.write_images import write_mr_series, write_photo
+    from tests.dicom_sources import write_enhanced_mr, write_fundus_photo
     from tests.dicom_sources import write_mr_series as write_test_series
 
     affine = np.eye(4)
@@ -195,7 +196,10 @@ def test_written_dicom_passes_dciodvfy(tmp_path):
     c, s = np.cos(0.3), np.sin(0.3)
     slices = write_test_series(str(tmp_path / "oblique"), orientation=(c, s, 0.0, 0.0, 0.0, -1.0), seed=1)
     write_enhanced_mr(slices, str(tmp_path / "enhanced.dcm"))
-    for path in [*files, slices[0], slices[-1], tmp_path / "enhanced.dcm"]:
+    rgb = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    photos = [write_photo(rgb, tmp_path / "op.dcm"), write_photo(rgb, tmp_path / "op_jpeg.dcm", jpeg=True),
+              write_fundus_photo(str(tmp_path / "test_photo.dcm"))]
+    for path in [*files, slices[0], slices[-1], tmp_path / "enhanced.dcm", *photos]:
         errors = dciodvfy_errors(str(path))
         assert not errors, f"{path}:\n" + "\n".join(errors)
 
@@ -225,7 +229,8 @@ def test_cmr_fundus_blank_frame_and_palette_photograph_through_the_cli(tmp_path)
                       {"dataset_dir": str(folder), "bundle_root": str(root), "output_dir": str(out), **CMR_SMALL})
     log = proc.stdout + proc.stderr
     assert "1 file(s) skipped" in log and "old/: 1" in log, log[-3000:]
-    rows = {r["image_id"]: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    with (out / "predictions.csv").open() as handle:
+        rows = {r["image_id"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"photo", "palette", "white"}
     for case in ("photo", "palette"):
         assert 0.0 <= float(rows[case]["sex_probability"]) <= 1.0 and rows[case]["flag"] == ""

@@ -25,6 +25,7 @@ from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
 from .volume_predictions import SegClassPredictionWriter
 
 __all__ = [
+    "NO_FUNDUS",
     "SIGNATURE_FILE",
     "AtomicCheckpointSaver",
     "CaseResult",
@@ -32,7 +33,6 @@ __all__ = [
     "DicomResultWriter",
     "FactorPredictionWriter",
     "FundusPredictionWriter",
-    "NO_FUNDUS",
     "Measurement",
     "MetricsJSONWriter",
     "PacsExportHandler",

@@ -8,6 +8,6 @@ from .seg_class_sliding_window import SegClassSlidingWindowInferer
 
 __all__ = [
     "DiscCropInferer",
-    "central_green_std",
     "SegClassSlidingWindowInferer",
+    "central_green_std",
 ]
