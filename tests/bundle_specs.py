@@ -211,7 +211,9 @@ def _fundus_grayscale(data: Path, bad: Path) -> list[str]:
 
 def _fundus_rgba(data: Path, bad: Path) -> list[str]:
     _fundus_copy(data, bad).unlink()
-    Image.open(data / "images" / f"{FUNDUS_CASE}.jpg").convert("RGBA").save(bad / "images" / f"{FUNDUS_CASE}.png")
+    rgba = Image.open(data / "images" / f"{FUNDUS_CASE}.jpg").convert("RGBA")
+    rgba.putalpha(128)  # half transparent: refused (an opaque alpha channel is dropped, the photo converted to RGB)
+    rgba.save(bad / "images" / f"{FUNDUS_CASE}.png")
     return [f"case '{FUNDUS_CASE}'", f"{FUNDUS_CASE}.png", "has 4 channels"]
 
 

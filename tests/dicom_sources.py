@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = ["MR_SHAPE", "write_enhanced_mr", "write_mr_series", "write_fundus_photo"]
 
@@ -98,13 +99,14 @@ def write_mr_series(
         ds.SliceThickness = spacing[2]
         ds.SpacingBetweenSlices = spacing[2]
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in orientation]  # DS: <= 16 characters
         ds.PixelSpacing = [spacing[0], spacing[1]]
         ds.SliceLocation = round(float(position @ normal), 4)
         ds.AcquisitionNumber = 1
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = shape[1], shape[2]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 500, 1000  # the enhanced MR's Frame VOI LUT macro needs them (type 1)
         ds.PixelData = pixels[k].tobytes()
         path = os.path.join(folder, f"slice_{(k * 5) % shape[0]:03d}_{k:03d}.dcm")
         _write(ds, path)
@@ -152,12 +154,18 @@ def write_fundus_photo(path: str, size: tuple[int, int] = (48, 64), seed: int = 
 
 def write_enhanced_mr(slice_files: list[str], path: str, series_number: int = 7) -> pydicom.Dataset:
     """The single-frame MR slices ``slice_files`` as one Legacy Converted Enhanced MR multi-frame image at ``path``
-    (highdicom's converter; a new series of the same study); returns it as read back."""
+    (highdicom's converter; a new series of the same study); returns it as read back. The slices need Window
+    Center/Width (:func:`write_mr_series` writes them) for the Frame VOI LUT macro; the result passes dciodvfy."""
     from highdicom.legacy import LegacyConvertedEnhancedMRImage
 
     image = LegacyConvertedEnhancedMRImage([pydicom.dcmread(f) for f in slice_files],
                                            series_instance_uid=generate_uid(), series_number=series_number,
                                            sop_instance_uid=generate_uid(), instance_number=1)
+    # highdicom lists the converted slices in ReferencedSeriesSequence; dciodvfy (dicom3tools) refuses that list
+    # where no attribute of the instance references an image ("present but Instance does not reference
+    # Instances": the conversion sources of ConversionSourceAttributesSequence do not count), so it is left out.
+    if "ReferencedSeriesSequence" in image:
+        del image.ReferencedSeriesSequence
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     image.save_as(path)
     return pydicom.dcmread(path)

@@ -238,7 +238,10 @@ def test_disc_crop_inferer_flags_images_without_a_disc():
     assert out["disc_found"].tolist() == [0.0, 0.0]
     # a locator that "finds" a disc on a uniform image: implausible (no brighter structure), flagged too
     uniform = torch.full((1, 3, 100, 100), 0.3)
-    out = DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", locator_size=64, crop_size=32)(uniform, _CropNet())
+    # (min_fundus_std=0: past the blank-frame test, which would stop a uniform frame before the locator)
+    out = DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", locator_size=64, crop_size=32, min_fundus_std=0)(
+        uniform, _CropNet()
+    )
     assert out["disc_found"].tolist() == [0.0]
     assert torch.equal(out["glaucoma_fused"], out["glaucoma"])  # no vCDR model: the head's score
 

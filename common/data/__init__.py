@@ -17,7 +17,7 @@ from .factors import (
     factor_pos_weights,
     read_factor_datalist,
 )
-from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist, list_fundus_images
+from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist, list_fundus_images, scan_image_folder
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
     UNKNOWN_LABEL,
@@ -68,6 +68,7 @@ __all__ = [
     "normalize_intensity",
     "read_case_labels",
     "read_factor_datalist",
+    "scan_image_folder",
     "select_split",
     "split_cases",
     "subsample_cases",

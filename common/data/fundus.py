@@ -3,17 +3,65 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 
 from ..errors import DatasetError, case_error
 
-__all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist", "list_fundus_images"]
+__all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist", "list_fundus_images", "scan_image_folder"]
+
+logger = logging.getLogger(__name__)
 
 #: File suffixes read as fundus photographs (``.dcm``: a DICOM photograph, see :mod:`common.dicom.photo`).
-FUNDUS_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
+FUNDUS_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".dcm")
+
+
+def scan_image_folder(folder: str | PathLike, extensions: Sequence[str] = FUNDUS_IMAGE_SUFFIXES) -> list[Path]:
+    """The image files directly in ``folder`` (sorted), with one warning counting what was skipped and why.
+
+    Skipped, and counted by reason: files whose suffix is not in ``extensions`` (listed by suffix) and files inside
+    sub-folders (only the folder itself is read; listed by sub-folder). Hidden files (``.DS_Store``, ...) are
+    ignored without a count.
+
+    Args:
+        folder: the image folder.
+        extensions: accepted file suffixes (case-insensitive).
+    """
+    folder = Path(folder)
+    exts = {e.lower() for e in extensions}
+    files: list[Path] = []
+    by_suffix: Counter[str] = Counter()
+    by_subfolder: Counter[str] = Counter()
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            n = sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if n:
+                by_subfolder[path.name + "/"] += n
+        elif path.suffix.lower() in exts:
+            files.append(path)
+        else:
+            by_suffix[path.suffix.lower() or "(no suffix)"] += 1
+    reasons = []
+    if by_suffix:
+        listed = ", ".join(f"{k}: {v}" for k, v in sorted(by_suffix.items()))
+        reasons.append(
+            f"{sum(by_suffix.values())} with an unsupported suffix ({listed}; read: {', '.join(sorted(exts))})"
+        )
+    if by_subfolder:
+        listed = ", ".join(f"{k}: {v}" for k, v in sorted(by_subfolder.items()))
+        reasons.append(
+            f"{sum(by_subfolder.values())} in sub-folders ({listed}; only files directly in the folder are read)"
+        )
+    if reasons:
+        total = sum(by_suffix.values()) + sum(by_subfolder.values())
+        logger.warning(f"folder {folder}: {len(files)} image(s) read, {total} file(s) skipped: {'; '.join(reasons)}.")
+    return files
 
 
 def _read_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -75,7 +123,7 @@ def build_fundus_datalist(
     folder = root / image_dir
     if not folder.is_dir():
         raise DatasetError(f"folder {folder}: image folder does not exist (expected {image_dir}/ in {root}).")
-    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in FUNDUS_IMAGE_SUFFIXES}
+    images = {p.stem: p for p in scan_image_folder(folder)}
     if not images:
         raise DatasetError(f"folder {folder}: no images ({', '.join(FUNDUS_IMAGE_SUFFIXES)}) found.")
     masks = dict(masks) if masks is not None else {"disc": "_disc.png", "cup": "_cup.png"}
@@ -133,7 +181,8 @@ def build_fundus_datalist(
 
 def list_fundus_images(dataset_dir: str | PathLike, extensions: Sequence[str] = FUNDUS_IMAGE_SUFFIXES) -> list[dict]:
     """Records ``{"image", "case", "image_id"}`` of every image file directly in ``dataset_dir`` (no labels), or,
-    where it holds none, in its ``images/`` folder (the training layout).
+    where it holds none, in its ``images/`` folder (the training layout). Skipped files are counted in one warning
+    (see :func:`scan_image_folder`).
 
     Raises:
         DatasetError: the folder does not exist or holds no image.
@@ -142,9 +191,11 @@ def list_fundus_images(dataset_dir: str | PathLike, extensions: Sequence[str] = 
     if not root.is_dir():
         raise case_error(None, root, "is not a folder of images.")
     exts = {e.lower() for e in extensions}
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts)
-    if not files and (root / "images").is_dir():
-        files = sorted(p for p in (root / "images").iterdir() if p.is_file() and p.suffix.lower() in exts)
+    top = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts]
+    if not top and (root / "images").is_dir():
+        files = scan_image_folder(root / "images", extensions)  # the training layout: its other folders are masks
+    else:
+        files = scan_image_folder(root, extensions)
     if not files:
         raise DatasetError(f"folder {root}: no image with extension {sorted(exts)}.")
     records = [{"image": str(p), "case": p.stem, "image_id": p.stem} for p in files]

@@ -31,6 +31,7 @@ from pydicom.uid import (
     OphthalmicPhotography8BitImageStorage,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = ["nifti_case_to_dicom", "write_mr_series", "write_photo"]
 
@@ -97,6 +98,12 @@ def _patient_study_series(
     ds.ContentTime = time
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
+
+
+def _ds(value: float, decimals: int = 6) -> str:
+    """A Decimal String value: ``decimals`` places, or as many as fit the 16 characters a DS allows."""
+    text = f"{float(value):.{decimals}f}"
+    return text if len(text) <= 16 else format_number_as_ds(float(value))
 
 
 def _quantise(volume: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
@@ -207,12 +214,12 @@ def write_mr_series(
         ds.MagneticFieldStrength = ""
         # Image Plane module.
         ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]  # row spacing (between rows), column spacing
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
+        ds.ImageOrientationPatient = [_ds(v, 8) for v in (*row_cos, *col_cos)]
         position = (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.SliceThickness = f"{spacing[2]:.6g}"
         ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
-        ds.SliceLocation = f"{float(np.dot(position, np.cross(row_cos, col_cos))):.6f}"
+        ds.SliceLocation = _ds(np.dot(position, np.cross(row_cos, col_cos)))
         # Image Pixel module.
         pixels = np.ascontiguousarray(stored[:, :, k].T)  # (rows = Y, columns = X)
         ds.SamplesPerPixel = 1

@@ -14,7 +14,7 @@ from .case_results import (
 )
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
-from .fundus_predictions import FundusPredictionWriter, draw_contours
+from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .pacs_export import PacsExportHandler
 from .prediction_table import write_prediction_csv
@@ -25,6 +25,7 @@ from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
 from .volume_predictions import SegClassPredictionWriter
 
 __all__ = [
+    "NO_FUNDUS",
     "SIGNATURE_FILE",
     "AtomicCheckpointSaver",
     "CaseResult",

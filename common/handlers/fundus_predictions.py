@@ -18,7 +18,10 @@ from scipy import ndimage
 from .case_results import CaseResult, Measurement, PredictionWriter
 from .prediction_table import write_prediction_csv
 
-__all__ = ["FundusPredictionWriter", "draw_contours"]
+__all__ = ["NO_FUNDUS", "FundusPredictionWriter", "draw_contours"]
+
+#: The result of a frame that is no fundus photograph (its flag and its prediction).
+NO_FUNDUS = "no fundus image"
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ class FundusPredictionWriter(PredictionWriter):
 
     Reads the batch image (``(B, 3, H, W)`` RGB scaled to [0, 1]) and the output of
     :class:`~common.inferers.DiscCropInferer`. An image whose disc was not detected, or whose disc mask is empty,
-    is flagged in the ``flag`` column (never silently written as a normal result).
+    is flagged in the ``flag`` column (never silently written as a normal result). A frame the inferer found to be
+    no fundus photograph (``fundus_found`` 0: blank or near-uniform) gets :data:`NO_FUNDUS` as its only flag and as
+    its prediction, no probabilities, no vCDR and empty masks.
 
     Each image is handed over in ``engine.state.case_results`` (:class:`~common.handlers.case_results.CaseResult`):
     the two masks named ``segments``, ``<cls_task>_probability`` (the fused score), the ratio ``vcdr`` on the second
@@ -120,19 +125,29 @@ class FundusPredictionWriter(PredictionWriter):
             overlay = draw_contours(rgb, [disc, cup], [(0, 255, 0), (0, 128, 255)])
             Image.fromarray(overlay).save(os.path.join(folder, f"{case}_overlay.png"))
             found = bool(float(torch.as_tensor(pred.get("disc_found", torch.ones(len(cases)))).reshape(-1)[i]))
-            flags = [] if found else ["disc not detected by the locator"]
-            flags += [] if disc.any() else ["no disc segmented"]
+            fundus = bool(float(torch.as_tensor(pred.get("fundus_found", torch.ones(len(cases)))).reshape(-1)[i]))
+            if not fundus:
+                disc = cup = np.zeros_like(disc)
+                std = float(torch.as_tensor(pred.get("fundus_std", torch.zeros(len(cases)))).reshape(-1)[i])
+                flags = [f"{NO_FUNDUS} (blank or near-uniform frame: green-channel std {std:.4f})"]
+            else:
+                flags = [] if found else ["disc not detected by the locator"]
+                flags += [] if disc.any() else ["no disc segmented"]
             vcdr = float(torch.as_tensor(pred.get("vcdr", torch.full((len(cases),), math.nan))).reshape(-1)[i])
             p_fused = self._prob(pred, f"{self.cls_task}_fused", i)
+            p_head, p_vcdr = self._prob(pred, self.cls_task, i), self._prob(pred, f"{self.cls_task}_vcdr", i)
+            if not fundus:
+                vcdr = p_fused = p_head = p_vcdr = math.nan
+                prediction = NO_FUNDUS
+            else:
+                prediction = self.class_names[int(p_fused >= self.threshold)] if not math.isnan(p_fused) else ""
             row: dict[str, Any] = {
                 "case": str(case),
                 "vcdr": None if math.isnan(vcdr) else round(vcdr, 4),
                 f"{self.cls_task}_probability": None if math.isnan(p_fused) else round(p_fused, 6),
-                f"{self.cls_task}_probability_head": round(self._prob(pred, self.cls_task, i), 6),
-                f"{self.cls_task}_probability_vcdr": round(self._prob(pred, f"{self.cls_task}_vcdr", i), 6),
-                f"{self.cls_task}_prediction": self.class_names[int(p_fused >= self.threshold)]
-                if not math.isnan(p_fused)
-                else "",
+                f"{self.cls_task}_probability_head": round(p_head, 6) if fundus else None,
+                f"{self.cls_task}_probability_vcdr": round(p_vcdr, 6) if fundus else None,
+                f"{self.cls_task}_prediction": prediction,
                 "disc_pixels": int(disc.sum()),
                 "cup_pixels": int(cup.sum()),
                 "flag": "; ".join(flags),

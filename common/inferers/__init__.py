@@ -3,10 +3,11 @@ disc crops)."""
 
 from __future__ import annotations
 
-from .disc_crop import DiscCropInferer
+from .disc_crop import DiscCropInferer, central_green_std
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
 
 __all__ = [
     "DiscCropInferer",
     "SegClassSlidingWindowInferer",
+    "central_green_std",
 ]

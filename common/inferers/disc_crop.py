@@ -13,10 +13,11 @@ from scipy import ndimage
 from torch import nn
 
 from ..metrics.cup_disc import vertical_cdr
+from ..transforms.colour_image import central_green_std
 from ..transforms.disc_crop import crop_square, paste_crop
 from ..transforms.intensity import standardize_channels
 
-__all__ = ["DiscCropInferer"]
+__all__ = ["DiscCropInferer", "central_green_std"]
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -46,7 +47,12 @@ class DiscCropInferer(Inferer):
     Returns a dict: ``seg_task`` full-size logits, ``cls_task`` head logits, ``"vcdr"`` (vertical cup-to-disc
     ratio of the full-size masks, nan where no disc was segmented), ``"<cls_task>_vcdr"`` (logistic model on the
     vCDR, logit), ``"<cls_task>_fused"`` (logit of the mean of the head and vCDR probabilities, as Pascal et al.
-    2022; the available one where a task is off), ``"disc_found"`` and ``"crop_box"`` (row, col, side).
+    2022; the available one where a task is off), ``"disc_found"``, ``"crop_box"`` (row, col, side),
+    ``"fundus_found"`` (0 for a blank or near-uniform frame) and ``"fundus_std"`` (its statistic).
+
+    Before the locator, each image's :func:`central_green_std` is compared with ``min_fundus_std``: a frame below
+    it (blank, white, black, near-uniform) is no fundus photograph and gets no result: its segmentation logits are
+    ``fill``, its scores and vCDR nan, ``disc_found`` and ``fundus_found`` 0 (the locator is not asked).
 
     Args:
         locator: disc localisation network (stage 1); it is put in eval mode.
@@ -67,6 +73,9 @@ class DiscCropInferer(Inferer):
             trained one task only: its other output is untrained and left out of the fused score).
         flip_tta: also run the crop model on the horizontally flipped crop and average the logits (test-time
             augmentation; doubles the stage-2 cost).
+        min_fundus_std: smallest green-channel standard deviation (inputs in [0, 1]) inside the central disc of a
+            fundus photograph; 0 turns the test off. Real photographs measure about 0.04-0.2, a blank frame with
+            JPEG noise below 0.005.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class DiscCropInferer(Inferer):
         fill: float = -20.0,
         sources: Sequence[str] = ("head", "vcdr"),
         flip_tta: bool = False,
+        min_fundus_std: float = 0.01,
     ) -> None:
         super().__init__()
         for name, value in (("locator_size", locator_size), ("crop_size", crop_size)):
@@ -104,6 +114,9 @@ class DiscCropInferer(Inferer):
             raise ValueError(f"sources must name 'head' and/or 'vcdr', got {sources}.")
         self.sources = tuple(sources)
         self.flip_tta = str(flip_tta).strip().lower() not in ("false", "0", "no")
+        if min_fundus_std < 0:
+            raise ValueError(f"min_fundus_std must be >= 0, got {min_fundus_std}.")
+        self.min_fundus_std = float(min_fundus_std)
 
     @torch.no_grad()
     def locate(self, image: torch.Tensor) -> tuple[tuple[float, float, float], bool]:
@@ -137,9 +150,14 @@ class DiscCropInferer(Inferer):
         if inputs.dim() != 4 or inputs.shape[1] != 3:
             raise ValueError(f"inputs must be (B, 3, H, W) colour images, got {list(inputs.shape)}.")
         b, _, h, w = inputs.shape
+        fundus_std = central_green_std(inputs)
+        is_fundus = fundus_std >= self.min_fundus_std
         segs, logits, vcdrs, found, boxes = [], [], [], [], []
         for i in range(b):
-            box, ok = self.locate(inputs[i])
+            if bool(is_fundus[i]):
+                box, ok = self.locate(inputs[i])
+            else:  # no photograph: the crop model still runs (output shapes), its results are discarded below
+                box, ok = (h / 2, w / 2, self.crop_factor * self.default_disc_fraction * min(h, w)), False
             crop = standardize_channels(crop_square(inputs[i : i + 1], box, self.crop_size))
             out = network(crop, *args, **kwargs)
             seg_crop, cls = out[self.seg_task], out[self.cls_task]
@@ -149,7 +167,9 @@ class DiscCropInferer(Inferer):
                     seg_crop = (seg_crop + torch.flip(flipped[self.seg_task], dims=(-1,))) / 2
                 if cls.numel():
                     cls = (cls + flipped[self.cls_task]) / 2
-            if seg_crop.numel():
+            if seg_crop.numel() and not bool(is_fundus[i]):
+                seg, _ = inputs.new_full((1, seg_crop.shape[1], h, w), self.fill), vcdrs.append(float("nan"))
+            elif seg_crop.numel():
                 seg = paste_crop(seg_crop, box, h, w, fill=self.fill)
                 disc = _largest_component((seg[0, 0] > 0).cpu().numpy())
                 cup = (seg[0, 1] > 0).cpu().numpy() & disc
@@ -160,7 +180,8 @@ class DiscCropInferer(Inferer):
             else:
                 seg, _ = inputs.new_zeros((1, 0, h, w)), vcdrs.append(float("nan"))
             segs.append(seg)
-            logits.append(cls.reshape(1, -1)[:, :1] if cls.numel() else inputs.new_full((1, 1), float("nan")))
+            cls_ok = cls.numel() and bool(is_fundus[i])
+            logits.append(cls.reshape(1, -1)[:, :1] if cls_ok else inputs.new_full((1, 1), float("nan")))
             found.append(float(ok))
             boxes.append(box)
         head = torch.cat(logits).float()
@@ -177,6 +198,10 @@ class DiscCropInferer(Inferer):
             fused = _logit((torch.sigmoid(head) + torch.sigmoid(vcdr_logit)) / 2)
         else:
             fused = head if use_head or not use_vcdr else vcdr_logit
+        blank = ~is_fundus.to(head.device)[:, None]
+        head, vcdr_logit, fused = (
+            torch.where(blank, torch.full_like(t, float("nan")), t) for t in (head, vcdr_logit, fused)
+        )
         return {
             self.seg_task: torch.cat(segs),
             self.cls_task: head,
@@ -185,4 +210,6 @@ class DiscCropInferer(Inferer):
             f"{self.cls_task}_fused": fused,
             "disc_found": torch.tensor(found, device=inputs.device),
             "crop_box": torch.tensor(boxes, dtype=torch.float32, device=inputs.device),
+            "fundus_found": is_fundus.float(),
+            "fundus_std": fundus_std.float(),
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .case_checks import CheckMultimodalCased
 from .class_labels import MaskLabelOutsideForegroundd
-from .colour_image import CheckColourImaged
+from .colour_image import CheckColourImaged, FrameContrastd, central_green_std, photo_to_rgb
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
 from .intensity import standardize_channels
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
@@ -14,14 +14,17 @@ __all__ = [
     "CheckColourImaged",
     "CheckMultimodalCased",
     "DiscCropd",
+    "FrameContrastd",
     "KeepOneComponentLogits",
     "MaskLabelOutsideForegroundd",
     "SegRegionsd",
     "SimMIMMaskd",
+    "central_green_std",
     "crop_box_from_mask",
     "crop_square",
     "keep_largest_component_logits",
     "paste_crop",
+    "photo_to_rgb",
     "regions_to_label_map",
     "standardize_channels",
 ]
