@@ -18,10 +18,12 @@ from torch import nn
 from common.data import build_fundus_datalist, list_fundus_images, select_split
 from common.data.synthetic_fundus import generate_fundus_like
 from common.inferers import DiscCropInferer, central_green_std
-from tests.bundle_cli import TINY_FUNDUS, run_bundle, train_tiny_fundus
+from tests.bundle_cli import run_bundle
+from tests.bundle_specs import SPECS
 from tests.dicom_validate import DCIODVFY, dciodvfy_errors
 
 BUNDLE = "fundus_glaucoma"
+SMALL = SPECS[BUNDLE].small
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_inputs_checked_before_the_locator_trains(damage, fundus_dir, tmp_path):
     root = tmp_path / "bundle"
     proc = run_bundle(
         BUNDLE, "train.json",
-        {"dataset_dir": str(bad), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1, **TINY_FUNDUS},
+        {"dataset_dir": str(bad), "bundle_root": str(root), "locator_epochs": 1, "epochs": 1, **SMALL},
         check=False,
     )
     log = proc.stdout + proc.stderr
@@ -128,8 +130,8 @@ def test_fundus_statistic_separates_photographs_from_blank_frames(fundus_dir):
 
 
 @pytest.mark.slow
-def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path):
-    data, root = train_tiny_fundus(tmp_path)
+def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path, bundle_data, trained_bundle):
+    data, root = bundle_data(BUNDLE), trained_bundle(BUNDLE)
     src = tmp_path / "in" / "images"
     src.mkdir(parents=True)
     photo = Image.open(data / "images" / "fundus_000.jpg")
@@ -141,7 +143,7 @@ def test_inference_palette_webp_and_blank_frames_through_the_cli(tmp_path):
     photo.save(src / "photo.gif")  # skipped, counted
     out = tmp_path / "pred"
     proc = run_bundle(BUNDLE, "inference.json",
-                      {"dataset_dir": str(src.parent), "bundle_root": str(root), "output_dir": str(out), **TINY_FUNDUS})
+                      {"dataset_dir": str(src.parent), "bundle_root": str(root), "output_dir": str(out), **SMALL})
     log = proc.stdout + proc.stderr
     assert "1 file(s) skipped" in log and ".gif: 1" in log, log[-3000:]
     with (out / "predictions.csv").open() as handle:
