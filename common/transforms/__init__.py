@@ -7,6 +7,7 @@ from .class_labels import MaskLabelOutsideForegroundd
 from .colour_image import CheckColourImaged
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
 from .intensity import standardize_channels
+from .load_case import LoadCaseImaged
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
 from .simmim_mask import SimMIMMaskd
 
@@ -15,6 +16,7 @@ __all__ = [
     "CheckMultimodalCased",
     "DiscCropd",
     "KeepOneComponentLogits",
+    "LoadCaseImaged",
     "MaskLabelOutsideForegroundd",
     "SegRegionsd",
     "SimMIMMaskd",
