@@ -11,6 +11,7 @@ The base layer of the package: it imports nothing from ``common``, so every subp
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -180,16 +181,16 @@ def install_error_hook(debug: bool | None = None) -> None:
                 previous(exc_type, exc, tb)
             if message is not None:
                 if not show:
-                    print(f"The run stopped on a problem with the data (set {DEBUG_ENV}=1 for the full traceback):",
-                          file=sys.stderr)
+                    print(
+                        f"The run stopped on a problem with the data (set {DEBUG_ENV}=1 for the full traceback):",
+                        file=sys.stderr,
+                    )
                 print(f"DatasetError: {' '.join(message.split())}", file=sys.stderr)
             logging.shutdown()
         finally:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(OSError, ValueError):  # a closed or broken stream must not stop the exit
                     stream.flush()
-                except Exception:  # a closed or broken stream must not keep the process alive
-                    pass
             os._exit(1)
 
     hook._mtl_error_hook = True  # type: ignore[attr-defined]

@@ -75,10 +75,10 @@ class LoadCaseImaged(LoadImaged):
                 d[key] = loaded
                 continue
             if not isinstance(loaded, (tuple, list)):
-                raise ValueError(f"loader must return a tuple or list (because image_only=False), got {type(loaded)}.")
+                raise TypeError(f"loader must return a tuple or list (because image_only=False), got {type(loaded)}.")
             d[key] = loaded[0]
             if not isinstance(loaded[1], dict):
-                raise ValueError(f"metadata must be a dict, got {type(loaded[1])}.")
+                raise TypeError(f"metadata must be a dict, got {type(loaded[1])}.")
             meta_key = meta_key or f"{key}_{meta_key_postfix}"
             if meta_key in d and not self.overwriting:
                 raise KeyError(f"Metadata with key {meta_key} already exists and overwriting=False.")
