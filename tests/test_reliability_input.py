@@ -184,7 +184,8 @@ def trained(tmp_path_factory, data_sets) -> Callable[[str], Path]:
     def get(bundle: str) -> Path:
         if bundle not in roots:
             root = tmp_path_factory.mktemp(f"{bundle}_bundle")
-            over = {"dataset_dir": str(data_sets(bundle)), "bundle_root": str(root), "epochs": 1, **SMALL[bundle]}
+            over = {"dataset_dir": str(data_sets(bundle)), "bundle_root": str(root), "epochs": 1, "val_interval": 1}
+            over.update(SMALL[bundle])
             run_bundle(bundle, "train.json", over, timeout=600)
             roots[bundle] = root
         return roots[bundle]
