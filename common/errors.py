@@ -22,6 +22,7 @@ from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = ["DEBUG_ENV", "DatasetError", "case_error", "dataset_error_message", "install_error_hook", "read_error"]
 
@@ -149,6 +150,33 @@ def _debug_requested(debug: bool | None) -> bool:
     return debug if debug is not None else os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
 
+def _quiet_records(previous: Callable[..., logging.LogRecord], debug: bool | None) -> Callable[..., logging.LogRecord]:
+    """A log record factory that shortens records of a DatasetError to one line (no traceback) unless debugging.
+
+    MONAI's ``StatsHandler`` logs every engine exception with its traceback (and ignite the exception's text, which
+    from a ``DataLoader`` worker holds the worker's traceback): 60-180 lines before the error hook's last line.
+    """
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        exc = record.exc_info[1] if record.exc_info else None
+        if (exc is None and "DatasetError" not in str(record.msg)) or _debug_requested(debug):
+            return record
+        message = dataset_error_message(exc) if exc is not None else None
+        text = record.getMessage()
+        if message is None:
+            found = _ERROR_LINE.findall(text)
+            message = found[-1].strip() if found else None
+        if message is not None:
+            first = (text.splitlines() or [""])[0]
+            record.msg, record.args = f"{first} [DatasetError: {' '.join(message.split())}]", None
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    factory._mtl_error_hook = True  # type: ignore[attr-defined]
+    return factory
+
+
 def install_error_hook(debug: bool | None = None) -> None:
     """Make an uncaught error end the run cleanly: a :class:`DatasetError` as the last line, exit code 1.
 
@@ -160,8 +188,9 @@ def install_error_hook(debug: bool | None = None) -> None:
     keeps Python's usual traceback. Either way logging is flushed and the process exits with code 1 through
     ``os._exit``: a normal interpreter shutdown with threads still alive (e.g. after ``CacheDataset`` failed while
     loading) may abort with ``terminate called without an active exception`` and exit code 134. Ctrl-C keeps
-    Python's behaviour. Nothing is installed in an interactive session (where the hook must not end the process)
-    or when the hook is already installed.
+    Python's behaviour. Log records of a DatasetError (MONAI's ``StatsHandler`` logs engine exceptions with their
+    traceback) are cut to one line unless debugging. Nothing is installed in an interactive session (where the
+    hook must not end the process) or when the hook is already installed.
 
     Args:
         debug: show the full traceback of a DatasetError; None reads ``MTL_DEBUG``.
@@ -195,3 +224,5 @@ def install_error_hook(debug: bool | None = None) -> None:
 
     hook._mtl_error_hook = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    if not getattr(logging.getLogRecordFactory(), "_mtl_error_hook", False):
+        logging.setLogRecordFactory(_quiet_records(logging.getLogRecordFactory(), debug))

@@ -134,7 +134,7 @@ def _assert_clean_failure(proc: subprocess.CompletedProcess, words: str, victims
     """Exit code 1, no traceback, and a last stderr line naming a damaged file, its case and the problem."""
     last = _last_line(proc)
     assert proc.returncode == 1, f"exit code {proc.returncode}:\n{proc.stderr[-3000:]}"
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, (proc.stdout + proc.stderr)[-3000:]  # none, nor logged
     match = re.match(r"DatasetError: case '([^']+)', file (\S+): (.*)$", last)
     assert match, f"last line is not the data error: {last!r}\n{proc.stderr[-3000:]}"
     case, path, problem = match.groups()
@@ -225,6 +225,24 @@ def test_evaluation_and_inference_on_a_damaged_file_end_with_one_line_naming_it(
     over = {"dataset_dir": str(data), "bundle_root": str(root), "output_dir": str(tmp_path / "out"), **SMALL[bundle]}
     proc = run_bundle(bundle, config, over, check=False, timeout=300)
     _assert_clean_failure(proc, DAMAGES["truncated"], [victim])
+
+
+@pytest.mark.slow
+def test_evaluation_with_dataloader_workers_ends_with_the_error_of_the_worker(data_sets, trained, tmp_path):
+    """A DatasetError raised in a DataLoader worker process reaches the main process only as text."""
+    data = tmp_path / "data"
+    shutil.copytree(data_sets("glioma_seg_idh"), data)
+    victim = _victims("glioma_seg_idh", data)[2]
+    _damage(victim, "empty")
+    over = {
+        "dataset_dir": str(data),
+        "bundle_root": str(trained("glioma_seg_idh")),
+        "output_dir": str(tmp_path / "o"),
+        "num_workers": 2,
+        **SMALL["glioma_seg_idh"],
+    }
+    proc = run_bundle("glioma_seg_idh", ["train.json", "evaluate.json"], over, check=False, timeout=300)
+    _assert_clean_failure(proc, DAMAGES["empty"], [victim])
 
 
 # ----------------------------------------------------------------------------------------- label files and cases
@@ -427,6 +445,34 @@ def test_error_hook_exits_1_with_the_error_last(debug):
         timeout=60,
     )
     assert other.returncode == 1 and _last_line(other) == "KeyError: 'k'"  # other errors: Python's traceback
+
+
+def test_error_hook_cuts_logged_data_errors_to_one_line(monkeypatch, caplog):
+    """MONAI's StatsHandler logs an engine's exception with its traceback; the hook keeps one line of it."""
+    from common.errors import install_error_hook
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)
+    install_error_hook(debug=False)
+    with caplog.at_level(logging.ERROR):
+        try:
+            try:
+                raise DatasetError("case 'a', file a.png: is empty (0 bytes)")
+            except DatasetError as err:
+                raise RuntimeError("applying transform <LoadCaseImaged>") from err
+        except RuntimeError:
+            logging.getLogger("StatsHandler").exception("Exception: applying transform <LoadCaseImaged>")
+        try:
+            raise KeyError("k")
+        except KeyError:
+            logging.getLogger("other").exception("Exception: not a data error")
+    data_record, other_record = caplog.records
+    assert data_record.exc_info is None
+    assert data_record.getMessage() == (
+        "Exception: applying transform <LoadCaseImaged> [DatasetError: case 'a', file a.png: is empty (0 bytes)]"
+    )
+    assert other_record.exc_info is not None  # any other error keeps its traceback
+    assert caplog.text.count("Traceback") == 1 and "KeyError" in caplog.text
 
 
 def test_error_hook_not_installed_twice_nor_in_an_interactive_session(monkeypatch):
