@@ -163,7 +163,10 @@ def _quiet_records(previous: Callable[..., logging.LogRecord], debug: bool | Non
         if (exc is None and "DatasetError" not in str(record.msg)) or _debug_requested(debug):
             return record
         message = dataset_error_message(exc) if exc is not None else None
-        text = record.getMessage()
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: left for logging to report as usual
+            return record
         if message is None:
             found = _ERROR_LINE.findall(text)
             message = found[-1].strip() if found else None
