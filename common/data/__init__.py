@@ -18,6 +18,7 @@ from .factors import (
     read_factor_datalist,
 )
 from .fundus import FUNDUS_IMAGE_SUFFIXES, build_fundus_datalist, list_fundus_images, scan_image_folder
+from .label_join import check_label_join
 from .slices import (
     DEFAULT_MIN_BRAIN_FRACTION,
     UNKNOWN_LABEL,
@@ -57,6 +58,7 @@ __all__ = [
     "build_fundus_datalist",
     "build_slice_dataset",
     "case_error",
+    "check_label_join",
     "ensure_demo_data",
     "extract_axial_slices",
     "factor_pos_weights",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..dicom.study import holds_dicom, map_study_modalities
 from ..errors import DatasetError, case_error
+from .label_join import check_label_join
 
 __all__ = ["BRATS_MODALITIES", "attach_case_labels", "build_brats_datalist", "read_case_labels"]
 
@@ -224,7 +225,8 @@ def attach_case_labels(
 
     Example: ``attach_case_labels(datalist, "lgg/labels.csv", "idh_status", {"mutant": 1, "wildtype": 0,
     "unknown": -1, "": -1}, key="idh")``. A case absent from the CSV, or every case when the CSV does not exist and
-    ``required`` is False (e.g. a segmentation-only data set), gets ``missing_value``.
+    ``required`` is False (e.g. a segmentation-only data set), gets ``missing_value``. Rows that match no case and
+    cases without a row are counted and logged (see :func:`~common.data.label_join.check_label_join`).
 
     Args:
         datalist: records with a ``"case"`` key (from :func:`build_brats_datalist`).
@@ -236,7 +238,8 @@ def attach_case_labels(
         required: raise when the CSV does not exist.
 
     Raises:
-        DatasetError: a value outside ``mapping``, a missing column, or (with ``required``) a missing file.
+        DatasetError: a value outside ``mapping``, a missing column, (with ``required``) a missing file, or a file
+            none of whose rows matches a case (the message shows a few ids of each side).
     """
     path = Path(csv_path)
     key = key or column
@@ -247,5 +250,6 @@ def attach_case_labels(
         labels: dict[str, str] = {}
     else:
         labels = read_case_labels(path, column, allowed=list(mapping))
+        check_label_join(path, labels, [record["case"] for record in datalist], what=f"'{key}'")
     return [{**record, key: mapping[labels[record["case"]]] if record["case"] in labels else missing_value}
             for record in datalist]

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import case_error
+from .fundus import FUNDUS_IMAGE_SUFFIXES
+from .label_join import check_label_join
 
 __all__ = [
     "FACTOR_KINDS",
@@ -288,6 +290,16 @@ def _template_fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def _report_unlisted_images(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Warn (with counts and a few names) about image files next to the listed ones that ``path`` does not list."""
+    listed = [Path(r["image"]) for r in records]
+    folders = sorted({p.parent for p in listed})
+    on_disk = [p for f in folders for p in f.iterdir() if p.is_file() and p.suffix.lower() in FUNDUS_IMAGE_SUFFIXES]
+    names = {str(p): (p.name if len(folders) == 1 else str(p)) for p in on_disk}
+    rows = [names[str(p)] for p in listed if str(p) in names]
+    check_label_join(path, rows, names.values(), what="factor values", unit="image")
+
+
 def read_factor_datalist(
     dataset_dir: str | os.PathLike,
     factors: FactorTable | Iterable[Mapping[str, Any]],
@@ -386,6 +398,7 @@ def read_factor_datalist(
             records[-1]["dicom_series"] = str(image_path)  # the source image that DICOM outputs reference
     if not records:
         raise case_error(None, path, "no usable image is left (see the warnings above).")
+    _report_unlisted_images(path, records)
     n_patients = len({r["case"] for r in records})
     known = np.isfinite(np.stack([r["factors"] for r in records])).sum(0)
     counts = ", ".join(f"{n}={int(c)}" for n, c in zip(table.names, known))

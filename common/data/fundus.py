@@ -11,6 +11,7 @@ from os import PathLike
 from pathlib import Path
 
 from ..errors import DatasetError, case_error
+from .label_join import check_label_join
 
 __all__ = ["FUNDUS_IMAGE_SUFFIXES", "build_fundus_datalist", "list_fundus_images", "scan_image_folder"]
 
@@ -137,6 +138,7 @@ def build_fundus_datalist(
             raise case_error(
                 orphans[0], label_path, f"listed in the label file but no image in {folder} ({len(orphans)} such rows)."
             )
+        check_label_join(label_path, table, images, what=f"'{label_column}'", unit="image")
     cdr_columns = [h for h in header[1:] if h.lower().startswith(cdr_prefix.lower())] if cdr_prefix else []
     records = []
     for case, path in images.items():

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..dicom.series import read_series
-from ..errors import DatasetError, case_error
+from ..errors import DatasetError, case_error, read_error
 
 __all__ = [
     "DEFAULT_MIN_BRAIN_FRACTION",
@@ -65,20 +65,18 @@ def _load_volume(path: str | list[str], case: str) -> np.ndarray:
         else:
             img = nib.load(path)
         shape = tuple(img.shape)
-    except FileNotFoundError:
-        raise case_error(case, path, "file does not exist.") from None
     except DatasetError:  # a bad DICOM series: the message already names the series and the file
         raise
     except Exception as err:  # nibabel raises many types for corrupt files (ImageFileError, OSError, EOFError...)
-        raise case_error(case, path, f"cannot be read as NIfTI ({type(err).__name__}: {err}).") from err
+        raise read_error(case, path, err) from err
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
     elif len(shape) != 3:
         raise case_error(case, path, f"is {len(shape)}-D with shape {shape}; expected a 3-D volume.")
     try:
         data = nib.as_closest_canonical(img).get_fdata(dtype=np.float32)
-    except Exception as err:
-        raise case_error(case, path, f"voxel data cannot be read ({type(err).__name__}: {err}).") from err
+    except Exception as err:  # nibabel reads the voxels (and finds a truncated file) only here
+        raise read_error(case, path, err) from err
     n_nan = int(np.isnan(data).sum())
     if n_nan:
         raise case_error(case, path, f"holds {n_nan} NaN voxel(s).")

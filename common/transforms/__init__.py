@@ -7,6 +7,7 @@ from .class_labels import MaskLabelOutsideForegroundd
 from .colour_image import CheckColourImaged, FrameContrastd, central_green_std, photo_to_rgb
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
 from .intensity import standardize_channels
+from .load_case import LoadCaseImaged
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
 from .simmim_mask import SimMIMMaskd
 
@@ -16,6 +17,7 @@ __all__ = [
     "DiscCropd",
     "FrameContrastd",
     "KeepOneComponentLogits",
+    "LoadCaseImaged",
     "MaskLabelOutsideForegroundd",
     "SegRegionsd",
     "SimMIMMaskd",
