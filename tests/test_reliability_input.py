@@ -33,37 +33,12 @@ from common.data import (
 )
 from common.errors import dataset_error_message, read_error
 from common.transforms import LoadCaseImaged
-from tests.bundle_cli import REPO, TINY_FUNDUS, run_bundle
+from tests.bundle_cli import REPO, run_bundle
+from tests.bundle_specs import SPECS
 
-# tiny networks and inputs so that a CPU epoch takes seconds (as in tests/test_<bundle>_bundle.py)
-SMALL = {
-    "brats_mtl": {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 2,
-        "mask_patch_size": 8,
-    },
-    "glioma_seg_idh": {
-        "features": [4, 8, 16],
-        "patch_size": 16,
-        "samples_per_case": 2,
-        "batch_size": 4,
-        "sw_batch_size": 16,
-    },
-    "fundus_glaucoma": {**TINY_FUNDUS, "locator_epochs": 1},
-    "cmr_fundus": {
-        "image_size": 32,
-        "min_image_size": 32,
-        "batch_size": 4,
-        "encoder_channels": [8, 8, 16, 16],
-        "expert_dim": 8,
-        "hidden_dim": 8,
-        "progress_bar": False,
-    },
-}
-BUNDLES = list(SMALL)
+BUNDLES = ["brats_mtl", "glioma_seg_idh", "fundus_glaucoma", "cmr_fundus"]
+# the bundles' tiny settings (tests/bundle_specs.py), a CPU epoch in seconds; one locator epoch for fundus_glaucoma
+SMALL = {b: {**SPECS[b].small, **({"locator_epochs": 1} if b == "fundus_glaucoma" else {})} for b in BUNDLES}
 NIFTI_BUNDLES = ["brats_mtl", "glioma_seg_idh"]
 PHOTO_BUNDLES = ["fundus_glaucoma", "cmr_fundus"]
 # what a damage does to a file, and the words the error must use for it
