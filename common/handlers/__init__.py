@@ -13,7 +13,7 @@ from .case_results import (
     collect_case_results,
     label_map,
 )
-from .checked_loader import CheckedCheckpointLoader, check_model_settings
+from .checked_loader import CheckedCheckpointLoader, check_model_settings, read_training_json
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import FundusPredictionWriter, draw_contours
@@ -56,6 +56,7 @@ __all__ = [
     "label_map",
     "overlay_heatmap",
     "read_dicom_source",
+    "read_training_json",
     "check_model_settings",
     "settings_path",
     "task_scalars",

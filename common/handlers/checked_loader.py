@@ -13,9 +13,26 @@ from monai.handlers import CheckpointLoader
 
 from .atomic_checkpoint import settings_path
 
-__all__ = ["CheckedCheckpointLoader", "check_model_settings"]
+__all__ = ["CheckedCheckpointLoader", "check_model_settings", "read_training_json"]
 
 logger = logging.getLogger(__name__)
+
+
+def _train_first(path: str, train_config: str | None) -> FileNotFoundError:
+    cfg = train_config or "<bundle>/configs/train.json"
+    return FileNotFoundError(
+        f"no trained model at {path}: train first with python -m monai.bundle run --config_file {cfg} "
+        "(with the same --bundle_root/--ckpt_dir and model settings as this run)."
+    )
+
+
+def read_training_json(path: str, train_config: str | None = None) -> Any:
+    """Read a JSON file that training writes beside the model (e.g. a fitted score model); when it is missing,
+    say to train first (see :func:`check_model_settings`)."""
+    if not os.path.isfile(path):
+        raise _train_first(str(path), train_config)
+    with open(path) as f:
+        return json.load(f)
 
 
 def check_model_settings(
@@ -43,11 +60,7 @@ def check_model_settings(
         ValueError: a setting differs from the recorded one (the message names it and both values).
     """
     if not os.path.isfile(load_path):
-        cfg = train_config or "<bundle>/configs/train.json"
-        raise FileNotFoundError(
-            f"no trained model at {load_path}: train first with python -m monai.bundle run --config_file {cfg} "
-            "(with the same --bundle_root/--ckpt_dir and model settings as this run)."
-        )
+        raise _train_first(load_path, train_config)
     sidecar = settings_path(load_path)
     try:
         with open(sidecar) as f:
