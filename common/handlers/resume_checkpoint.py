@@ -162,6 +162,8 @@ class ResumeCheckpoint:
         if early_stop is not None and validator is None:
             raise ValueError("early_stop needs the validator it is attached to.")
         self.best = BestMetricState(validator, early_stop) if validator is not None else None
+        self._saver: AtomicCheckpointSaver | None = None
+        self._saver_attached = False
 
     def attach(self, engine: Engine) -> None:
         objects = dict(self.objects, trainer=engine)
@@ -181,10 +183,18 @@ class ResumeCheckpoint:
         if idist.get_rank() != 0:
             return
         # atomic writes: a run killed while saving keeps the previous checkpoint intact
-        AtomicCheckpointSaver(
+        self._saver = AtomicCheckpointSaver(
             save_dir=self.ckpt_dir, save_dict=objects, file_prefix=self.prefix, save_interval=1, n_saved=1,
             epoch_level=True,
-        ).attach(engine)
+        )
+        # attached when the run starts, after every other handler: the epoch's checkpoint is written after the
+        # epoch's validation, so it holds that validation's best score
+        engine.add_event_handler(Events.STARTED, self._attach_saver)
+
+    def _attach_saver(self, engine: Engine) -> None:
+        if self._saver is not None and not self._saver_attached:
+            self._saver.attach(engine)
+            self._saver_attached = True
 
     def _started(self, engine: Engine) -> None:
         if engine.state.epoch >= (engine.state.max_epochs or 0):
