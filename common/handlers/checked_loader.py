@@ -91,7 +91,8 @@ def check_model_settings(
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
-    """``monai.handlers.CheckpointLoader`` that first runs :func:`check_model_settings` (when attached).
+    """``monai.handlers.CheckpointLoader`` that runs :func:`check_model_settings` before loading (when the engine
+    starts).
 
     Args:
         load_path: the model file.
@@ -112,6 +113,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
         super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
         self.settings, self.tasks, self.train_config = settings, tasks, train_config
 
-    def attach(self, engine: Engine) -> None:
+    def __call__(self, engine: Engine) -> None:
         check_model_settings(self.load_path, self.settings, self.tasks, self.train_config)
-        super().attach(engine)
+        super().__call__(engine)
