@@ -17,7 +17,7 @@ from monai.handlers import CheckpointLoader
 
 from .atomic_checkpoint import AtomicCheckpointSaver
 
-__all__ = ["find_resume_checkpoint", "ResumeCheckpoint", "SIGNATURE_FILE", "BestMetricState"]
+__all__ = ["SIGNATURE_FILE", "BestMetricState", "ResumeCheckpoint", "find_resume_checkpoint"]
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["RunLock", "RunLockedError", "LOCK_FILE"]
+__all__ = ["LOCK_FILE", "RunLock", "RunLockedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RunLock:
         except (OSError, ValueError):
             return {}  # being written, or damaged
 
-    def acquire(self) -> RunLock:
+    def acquire(self) -> Self:
         """Take the lock; raise :class:`RunLockedError` if another live run holds it. Returns self."""
         if self.held or os.environ.get("RANK", "0") not in ("", "0"):
             return self
@@ -135,8 +135,8 @@ class RunLock:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
