@@ -20,7 +20,14 @@ import torch
 from common.data import generate_brats_like, generate_cmr_fundus_like
 from common.data.synthetic_fundus import generate_fundus_like
 from common.engines import strategy_phases, trained_tasks
-from common.handlers import LOCK_FILE, RunLock, RunLockedError, check_model_settings, settings_path
+from common.handlers import (
+    LOCK_FILE,
+    BestMetricState,
+    RunLock,
+    RunLockedError,
+    check_model_settings,
+    settings_path,
+)
 from common.weighting import get_weighting
 from tests.bundle_cli import TINY_FUNDUS, run_bundle
 
@@ -88,6 +95,25 @@ def test_unknown_strategy_and_weighting_list_the_valid_names():
     assert trained_tasks([{"epochs": 1, "tasks": ["mim"]}, {"epochs": 1, "tasks": ["cls", "mim"]}]) == ["mim", "cls"]
     with pytest.raises(ValueError, match=r"weighting name must be one of \[.*'uw'.*\], got 'uww'"):
         get_weighting("uww", ["a", "b"])
+
+
+def test_best_metric_state_round_trip_with_early_stopping():
+    from ignite.engine import Engine
+    from ignite.handlers import EarlyStopping
+
+    trainer, validator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    validator.state.best_metric, validator.state.best_metric_epoch, validator.state.key_metric_name = 0.7, 4, "dice"
+    stop = EarlyStopping(patience=5, score_function=lambda e: 0.0, trainer=trainer)
+    stop.counter, stop.best_score = 2, 0.7
+    saved = json.loads(json.dumps(BestMetricState(validator, stop).state_dict()))  # plain values only
+    assert saved == {"best_metric": 0.7, "best_metric_epoch": 4, "key_metric_name": "dice",
+                     "early_stop": {"counter": 2, "best_score": 0.7}}
+    fresh_validator = Engine(lambda e, b: None)
+    fresh_validator.state.best_metric, fresh_validator.state.best_metric_epoch = -1, -1
+    fresh_stop = EarlyStopping(patience=5, score_function=lambda e: 0.0, trainer=trainer)
+    BestMetricState(fresh_validator, fresh_stop).load_state_dict(saved)
+    assert (fresh_validator.state.best_metric, fresh_validator.state.best_metric_epoch) == (0.7, 4)
+    assert (fresh_stop.counter, fresh_stop.best_score) == (2, 0.7)
 
 
 def test_run_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path, caplog):

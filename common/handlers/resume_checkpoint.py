@@ -99,7 +99,9 @@ class BestMetricState:
         }
         stopper = self._stopper()
         if stopper is not None and hasattr(stopper, "state_dict"):
-            out["early_stop"] = {k: (None if v is None else float(v)) for k, v in stopper.state_dict().items()}
+            stop = stopper.state_dict()
+            best = stop.get("best_score")
+            out["early_stop"] = {"counter": int(stop.get("counter", 0)), "best_score": None if best is None else float(best)}
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -109,7 +111,9 @@ class BestMetricState:
         stopper = self._stopper()
         saved_stop = state_dict.get("early_stop")
         if stopper is not None and saved_stop is not None and hasattr(stopper, "load_state_dict"):
-            stopper.load_state_dict({"counter": int(saved_stop["counter"]), "best_score": saved_stop["best_score"]})
+            stop = dict(stopper.state_dict())
+            stop.update(counter=int(saved_stop["counter"]), best_score=saved_stop["best_score"])
+            stopper.load_state_dict(stop)
         if state.best_metric_epoch > 0:
             name = state_dict.get("key_metric_name") or "key metric"
             logger.info(
