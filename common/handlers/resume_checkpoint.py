@@ -101,7 +101,10 @@ class BestMetricState:
         if stopper is not None and hasattr(stopper, "state_dict"):
             stop = stopper.state_dict()
             best = stop.get("best_score")
-            out["early_stop"] = {"counter": int(stop.get("counter", 0)), "best_score": None if best is None else float(best)}
+            out["early_stop"] = {
+                "counter": int(stop.get("counter", 0)),
+                "best_score": None if best is None else float(best),
+            }
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
