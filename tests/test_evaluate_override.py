@@ -43,6 +43,7 @@ def test_merged_evaluate_runs_the_evaluator_only(bundle):
     evaluator = parser["evaluator"]
     assert evaluator["_target_"] == "SupervisedEvaluator" and evaluator["val_handlers"] == "@handlers"
     targets = [h["_target_"] for h in parser["handlers"]]
-    loads = [h["load_path"] for h in parser["handlers"] if h["_target_"] == "CheckpointLoader"]
+    loaders = ("CheckpointLoader", "common.handlers.CheckedCheckpointLoader")  # checked: model.pt's settings
+    loads = [h["load_path"] for h in parser["handlers"] if h["_target_"] in loaders]
     assert any("'model.pt'" in p for p in loads) and "common.handlers.MetricsJSONWriter" in targets
     assert "ValidationHandler" not in json.dumps(parser["handlers"])  # the training-time evaluator is not reused

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .cooperative import CooperativeTrainer
 from .factory import build_trainer
 from .prepare_batch import MultiTaskPrepareBatch
+from .strategies import strategy_phases, trained_tasks
 from .trainer import MultiTaskTrainer, active_tasks_for_epoch
 
 __all__ = [
@@ -13,4 +14,6 @@ __all__ = [
     "MultiTaskTrainer",
     "active_tasks_for_epoch",
     "build_trainer",
+    "strategy_phases",
+    "trained_tasks",
 ]

@@ -1,9 +1,10 @@
-"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, prediction writers, DICOM results
+"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, the training-run lock, checked
+model loading, prediction writers, DICOM results
 and PACS export."""
 
 from __future__ import annotations
 
-from .atomic_checkpoint import AtomicCheckpointSaver
+from .atomic_checkpoint import AtomicCheckpointSaver, settings_path
 from .case_results import (
     CaseResult,
     CaseResultConsumer,
@@ -12,24 +13,29 @@ from .case_results import (
     collect_case_results,
     label_map,
 )
+from .checked_loader import CheckedCheckpointLoader, check_model_settings, read_training_json
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .pacs_export import PacsExportHandler
 from .prediction_table import write_prediction_csv
-from .resume_checkpoint import SIGNATURE_FILE, ResumeCheckpoint, find_resume_checkpoint
+from .resume_checkpoint import SIGNATURE_FILE, BestMetricState, ResumeCheckpoint, find_resume_checkpoint
+from .run_lock import LOCK_FILE, RunLock, RunLockedError
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_affinity import TaskAffinity
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
 from .volume_predictions import SegClassPredictionWriter
 
 __all__ = [
+    "LOCK_FILE",
     "NO_FUNDUS",
     "SIGNATURE_FILE",
     "AtomicCheckpointSaver",
+    "BestMetricState",
     "CaseResult",
     "CaseResultConsumer",
+    "CheckedCheckpointLoader",
     "DicomResultWriter",
     "FactorPredictionWriter",
     "FundusPredictionWriter",
@@ -38,17 +44,22 @@ __all__ = [
     "PacsExportHandler",
     "PredictionWriter",
     "ResumeCheckpoint",
+    "RunLock",
+    "RunLockedError",
     "SegClassPredictionWriter",
     "SlicePredictionWriter",
     "TaskAffinity",
     "TaskEpochSummary",
     "TaskProgressBar",
+    "check_model_settings",
     "collect_case_results",
     "draw_contours",
     "find_resume_checkpoint",
     "label_map",
     "overlay_heatmap",
     "read_dicom_source",
+    "read_training_json",
+    "settings_path",
     "task_scalars",
     "write_case_result",
     "write_prediction_csv",

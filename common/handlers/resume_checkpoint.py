@@ -17,7 +17,7 @@ from monai.handlers import CheckpointLoader
 
 from .atomic_checkpoint import AtomicCheckpointSaver
 
-__all__ = ["find_resume_checkpoint", "ResumeCheckpoint", "SIGNATURE_FILE"]
+__all__ = ["SIGNATURE_FILE", "BestMetricState", "ResumeCheckpoint", "find_resume_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,60 @@ def find_resume_checkpoint(
     return None
 
 
+class BestMetricState:
+    """The best validation score of a run as a checkpointable object: a validator's ``state.best_metric`` and
+    ``state.best_metric_epoch`` (MONAI evaluators), plus an early-stopping handler's patience counter and best
+    score where one is given.
+
+    Args:
+        validator: the evaluator whose key metric decides the best model.
+        early_stop: ``monai.handlers.EarlyStopHandler`` or ``ignite.handlers.EarlyStopping`` (or None).
+    """
+
+    def __init__(self, validator: Engine, early_stop: Any = None) -> None:
+        if not hasattr(validator, "state"):
+            raise ValueError(f"validator must be an ignite engine, got {type(validator).__name__}.")
+        self.validator, self.early_stop = validator, early_stop
+
+    def _stopper(self) -> Any:
+        # MONAI's EarlyStopHandler holds an ignite EarlyStopping, created once a trainer is set
+        return getattr(self.early_stop, "_handler", self.early_stop)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.validator.state
+        out: dict[str, Any] = {
+            "best_metric": float(getattr(state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
+            "key_metric_name": str(getattr(state, "key_metric_name", "")),
+        }
+        stopper = self._stopper()
+        if stopper is not None and hasattr(stopper, "state_dict"):
+            stop = stopper.state_dict()
+            best = stop.get("best_score")
+            out["early_stop"] = {
+                "counter": int(stop.get("counter", 0)),
+                "best_score": None if best is None else float(best),
+            }
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state = self.validator.state
+        state.best_metric = float(state_dict["best_metric"])
+        state.best_metric_epoch = int(state_dict["best_metric_epoch"])
+        stopper = self._stopper()
+        saved_stop = state_dict.get("early_stop")
+        if stopper is not None and saved_stop is not None and hasattr(stopper, "load_state_dict"):
+            stop = dict(stopper.state_dict())
+            stop.update(counter=int(saved_stop["counter"]), best_score=saved_stop["best_score"])
+            stopper.load_state_dict(stop)
+        if state.best_metric_epoch > 0:
+            name = state_dict.get("key_metric_name") or "key metric"
+            logger.info(
+                f"resumed best metric of {name}: {state.best_metric} at epoch {state.best_metric_epoch}; "
+                "the best model is replaced only by a better one."
+            )
+
+
 class ResumeCheckpoint:
     """Saves the training state every epoch and, on start, resumes from the last save of the same run.
 
@@ -81,6 +135,10 @@ class ResumeCheckpoint:
     file beside the checkpoint records the run's settings; a checkpoint of a run with other settings is not
     resumed (see :func:`find_resume_checkpoint`). Every rank resumes; only rank 0 writes files.
 
+    With a ``validator`` the checkpoint also holds the best validation score and its epoch (and the early-stopping
+    state), so a resumed run continues them: a worse epoch after the restart neither logs "Got new best metric"
+    nor replaces the best model (see :class:`BestMetricState`).
+
     Args:
         ckpt_dir: folder of ``<prefix>_checkpoint_epoch=N.pt`` and the signature file.
         objects: name -> object with ``state_dict``/``load_state_dict``.
@@ -88,6 +146,8 @@ class ResumeCheckpoint:
         resume: resume when a matching checkpoint exists.
         prefix: checkpoint file prefix.
         map_location: device the checkpoint is loaded to.
+        validator: the evaluator whose key metric selects the best model (None: no best score is kept).
+        early_stop: an early-stopping handler attached to ``validator`` whose state is kept too.
     """
 
     def __init__(
@@ -98,6 +158,8 @@ class ResumeCheckpoint:
         resume: bool = True,
         prefix: str = "resume",
         map_location: Any = None,
+        validator: Engine | None = None,
+        early_stop: Any = None,
     ) -> None:
         self.ckpt_dir, self.objects = str(ckpt_dir), dict(objects)
         self.signature = dict(signature) if signature is not None else {}
@@ -106,20 +168,42 @@ class ResumeCheckpoint:
                 raise ValueError(f"resume must be true or false, got '{resume}'.")
             resume = resume.strip().lower() in ("true", "1", "yes")
         self.resume, self.prefix, self.map_location = bool(resume), prefix, map_location
+        if early_stop is not None and validator is None:
+            raise ValueError("early_stop needs the validator it is attached to.")
+        self.best = BestMetricState(validator, early_stop) if validator is not None else None
+        self._saver: AtomicCheckpointSaver | None = None
+        self._saver_attached = False
 
     def attach(self, engine: Engine) -> None:
         objects = dict(self.objects, trainer=engine)
+        if self.best is not None:
+            objects["best_metric"] = self.best
         path = find_resume_checkpoint(self.ckpt_dir, self.signature, self.prefix) if self.resume else None
         if path is not None:
-            CheckpointLoader(load_path=path, load_dict=objects, map_location=self.map_location).attach(engine)
+            load = dict(objects)
+            if "best_metric" in load and "best_metric" not in torch.load(path, map_location="cpu", weights_only=True):
+                load.pop("best_metric")
+                logger.warning(
+                    f"{path} holds no best validation score (written before it was saved): the first validation "
+                    "after resuming replaces the best model."
+                )
+            CheckpointLoader(load_path=path, load_dict=load, map_location=self.map_location).attach(engine)
         engine.add_event_handler(Events.STARTED, self._started)
         if idist.get_rank() != 0:
             return
         # atomic writes: a run killed while saving keeps the previous checkpoint intact
-        AtomicCheckpointSaver(
+        self._saver = AtomicCheckpointSaver(
             save_dir=self.ckpt_dir, save_dict=objects, file_prefix=self.prefix, save_interval=1, n_saved=1,
             epoch_level=True,
-        ).attach(engine)
+        )
+        # attached when the run starts, after every other handler: the epoch's checkpoint is written after the
+        # epoch's validation, so it holds that validation's best score
+        engine.add_event_handler(Events.STARTED, self._attach_saver)
+
+    def _attach_saver(self, engine: Engine) -> None:
+        if self._saver is not None and not self._saver_attached:
+            self._saver.attach(engine)
+            self._saver_attached = True
 
     def _started(self, engine: Engine) -> None:
         if engine.state.epoch >= (engine.state.max_epochs or 0):

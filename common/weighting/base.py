@@ -30,7 +30,7 @@ def get_weighting(name: str, task_names: Sequence[str], **kwargs) -> Weighting:
     """Instantiate the weighting method registered as ``name`` for the given tasks."""
     key = str(name).lower()
     if key not in WEIGHTINGS:
-        raise ValueError(f"name must be one of {sorted(WEIGHTINGS)}, got '{name}'.")
+        raise ValueError(f"weighting name must be one of {sorted(WEIGHTINGS)}, got '{name}'.")
     return WEIGHTINGS[key](task_names=task_names, **kwargs)
 
 
