@@ -24,7 +24,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["DEBUG_ENV", "DatasetError", "case_error", "dataset_error_message", "install_error_hook", "read_error"]
+__all__ = [
+    "DEBUG_ENV",
+    "BundleError",
+    "DatasetError",
+    "SettingsError",
+    "case_error",
+    "dataset_error_message",
+    "install_error_hook",
+    "read_error",
+    "register_exit_cleanup",
+    "user_error_line",
+]
 
 #: Environment variable that, set to anything but ``""``/``"0"``, shows the full traceback of a data error.
 DEBUG_ENV = "MTL_DEBUG"
@@ -34,9 +45,26 @@ _NIFTI_MAGICS = (b"n+1\x00", b"ni1\x00", b"n+2\x00", b"ni2\x00")
 _WHAT_TO_DO = "replace it with an intact copy (copy or download it again) or remove the case from the data set."
 # a DatasetError re-raised from a DataLoader worker process survives only as text in the message of another error
 _ERROR_LINE = re.compile(r"^(?:common\.errors\.)?DatasetError: (.+)$", re.MULTILINE)
+# what the error hook runs before it ends the process (os._exit skips atexit): e.g. releasing a run lock
+_EXIT_CLEANUPS: list[Callable[[], Any]] = []
 
 
-class DatasetError(ValueError):
+def register_exit_cleanup(cleanup: Callable[[], Any]) -> None:
+    """Run ``cleanup`` also when :func:`install_error_hook` ends a failed run (``os._exit`` skips ``atexit``)."""
+    _EXIT_CLEANUPS.append(cleanup)
+
+
+class BundleError(Exception):
+    """A problem the user fixes in the data or the settings, not in the code: a bundle run ends with its message as
+    the last line (see :func:`install_error_hook`)."""
+
+
+class SettingsError(BundleError, ValueError):
+    """A setting that does not fit: an unknown strategy or method name, a model trained with other settings, no
+    trained model where one is needed. The message names the setting and what to do."""
+
+
+class DatasetError(BundleError, ValueError):
     """A problem with the data on disk: missing or unreadable file, bad shape or voxels, unknown labels.
 
     The message always names what is wrong and, where known, the case and the file, so that a user can fix the
@@ -146,6 +174,20 @@ def dataset_error_message(exc: BaseException | None) -> str | None:
     return None
 
 
+def user_error_line(exc: BaseException | None) -> str | None:
+    """``"<ErrorType>: <message>"`` of the :class:`BundleError` behind ``exc`` (a DatasetError also when it reached
+    the main process as a DataLoader worker's text), or None when the failure is not one the user fixes."""
+    seen: set[int] = set()
+    item = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if isinstance(item, BundleError) and not isinstance(item, DatasetError):
+            return f"{type(item).__name__}: {item}"
+        item = item.__cause__ if item.__cause__ is not None else item.__context__
+    message = dataset_error_message(exc)
+    return None if message is None else f"DatasetError: {message}"
+
+
 def _debug_requested(debug: bool | None) -> bool:
     return debug if debug is not None else os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
@@ -207,19 +249,23 @@ def install_error_hook(debug: bool | None = None) -> None:
             previous(exc_type, exc, tb)
             return
         try:
-            message = dataset_error_message(exc)
+            message = user_error_line(exc)
             show = _debug_requested(debug)
             if message is None or show:
                 previous(exc_type, exc, tb)
             if message is not None:
                 if not show:
                     print(
-                        f"The run stopped on a problem with the data (set {DEBUG_ENV}=1 for the full traceback):",
+                        f"The run stopped on a problem with the data or the settings (set {DEBUG_ENV}=1 for the full "
+                        "traceback):",
                         file=sys.stderr,
                     )
-                print(f"DatasetError: {' '.join(message.split())}", file=sys.stderr)
+                print(" ".join(message.split()), file=sys.stderr)
             logging.shutdown()
         finally:
+            for cleanup in reversed(_EXIT_CLEANUPS):
+                with contextlib.suppress(Exception):
+                    cleanup()
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):  # a closed or broken stream must not stop the exit
                     stream.flush()

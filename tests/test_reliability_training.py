@@ -29,19 +29,12 @@ from common.handlers import (
     settings_path,
 )
 from common.weighting import get_weighting
-from tests.bundle_cli import TINY_FUNDUS, run_bundle
+from tests.bundle_cli import run_bundle
+from tests.bundle_specs import SPECS
 
 BUNDLES = ["brats_mtl", "glioma_seg_idh", "fundus_glaucoma", "cmr_fundus"]
-# tiny networks and inputs so that a CPU epoch takes about a second (as in tests/test_<bundle>_bundle.py)
-SMALL = {
-    "brats_mtl": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                  "mask_patch_size": 8},
-    "glioma_seg_idh": {"features": [4, 8, 16], "patch_size": 16, "samples_per_case": 2, "batch_size": 4,
-                       "sw_batch_size": 16},
-    "fundus_glaucoma": {**TINY_FUNDUS, "locator_epochs": 1},
-    "cmr_fundus": {"image_size": 32, "min_image_size": 32, "batch_size": 4, "encoder_channels": [8, 8, 16, 16],
-                   "expert_dim": 8, "hidden_dim": 8},
-}
+# the bundles' tiny settings (tests/bundle_specs.py), a CPU epoch in seconds; one locator epoch for fundus_glaucoma
+SMALL = {b: {**SPECS[b].small, **({"locator_epochs": 1} if b == "fundus_glaucoma" else {})} for b in BUNDLES}
 # a network setting each bundle's model_settings records, with another value
 OTHER_SETTING = {
     "brats_mtl": ("hidden_size", 64),

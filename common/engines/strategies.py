@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import SettingsError
+
 __all__ = ["strategy_phases", "trained_tasks"]
 
 
@@ -17,7 +19,7 @@ def strategy_phases(strategies: Mapping[str, Sequence[Mapping[str, Any]]], strat
     if not isinstance(strategies, Mapping) or not strategies:
         raise ValueError(f"strategies must be a non-empty mapping of name -> phases, got {strategies!r}.")
     if strategy not in strategies:
-        raise ValueError(f"strategy must be one of {sorted(strategies)}, got '{strategy}'.")
+        raise SettingsError(f"strategy must be one of {sorted(strategies)}, got '{strategy}'.")
     return [dict(phase) for phase in strategies[strategy]]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
+from ..errors import SettingsError
 from .atomic_checkpoint import settings_path
 
 __all__ = ["CheckedCheckpointLoader", "check_model_settings", "read_training_json"]
@@ -18,9 +19,13 @@ __all__ = ["CheckedCheckpointLoader", "check_model_settings", "read_training_jso
 logger = logging.getLogger(__name__)
 
 
-def _train_first(path: str, train_config: str | None) -> FileNotFoundError:
+class ModelNotFoundError(SettingsError, FileNotFoundError):
+    """No trained model where evaluation or inference needs one."""
+
+
+def _train_first(path: str, train_config: str | None) -> ModelNotFoundError:
     cfg = train_config or "<bundle>/configs/train.json"
-    return FileNotFoundError(
+    return ModelNotFoundError(
         f"no trained model at {path}: train first with python -m monai.bundle run --config_file {cfg} "
         "(with the same --bundle_root/--ckpt_dir and model settings as this run)."
     )
@@ -69,12 +74,12 @@ def check_model_settings(
         logger.warning(f"{load_path} has no {os.path.basename(sidecar)}: its training settings are not checked.")
         return None
     except (OSError, ValueError) as err:
-        raise ValueError(f"{sidecar} cannot be read ({err}); train again or delete it to skip the check.") from err
+        raise SettingsError(f"{sidecar} cannot be read ({err}); train again or delete it to skip the check.") from err
     current = json.loads(json.dumps(dict(settings or {}), default=str))
     differ = [k for k in current if k in recorded and recorded[k] != current[k]]
     if differ:
         lines = "; ".join(f"{k}: model {recorded[k]!r}, this run {current[k]!r}" for k in differ)
-        raise ValueError(
+        raise SettingsError(
             f"the model {load_path} was trained with other settings than this run ({lines}); pass the model's "
             f"values (e.g. --{differ[0]} '{json.dumps(recorded[differ[0]])}') or train a model with these settings."
         )

@@ -10,7 +10,12 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BundleError, register_exit_cleanup
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["LOCK_FILE", "RunLock", "RunLockedError"]
 
@@ -19,7 +24,7 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "training.lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(BundleError, RuntimeError):
     """Another live training run holds the lock on the checkpoint folder."""
 
 
@@ -108,6 +113,7 @@ class RunLock:
             self.held = True
             if not self._exit_hook:
                 atexit.register(self.release)
+                register_exit_cleanup(self.release)  # a failed run ends by os._exit in the error hook
                 self._exit_hook = True
             return self
         raise RunLockedError(f"could not take the lock {self.path}: other runs keep creating it.")

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import SettingsError
+
 __all__ = ["Weighting", "GradientWeighting", "WEIGHTINGS", "register_weighting", "get_weighting"]
 
 WEIGHTINGS: dict[str, type[Weighting]] = {}
@@ -30,7 +32,7 @@ def get_weighting(name: str, task_names: Sequence[str], **kwargs) -> Weighting:
     """Instantiate the weighting method registered as ``name`` for the given tasks."""
     key = str(name).lower()
     if key not in WEIGHTINGS:
-        raise ValueError(f"weighting name must be one of {sorted(WEIGHTINGS)}, got '{name}'.")
+        raise SettingsError(f"weighting name must be one of {sorted(WEIGHTINGS)}, got '{name}'.")
     return WEIGHTINGS[key](task_names=task_names, **kwargs)
 
 
@@ -75,9 +77,7 @@ class Weighting(nn.Module, ABC):
             raise ValueError(f"losses has unknown tasks {unknown}; known tasks: {self.task_names}.")
 
     @abstractmethod
-    def backward(
-        self, losses: dict[str, torch.Tensor], shared_params: Sequence[nn.Parameter]
-    ) -> dict[str, float]:
+    def backward(self, losses: dict[str, torch.Tensor], shared_params: Sequence[nn.Parameter]) -> dict[str, float]:
         """Backpropagate the combined objective; return each present task's effective weight."""
 
     def on_epoch_end(self) -> None:
