@@ -71,3 +71,11 @@ def run_bundle(
 def log_of(proc: subprocess.CompletedProcess) -> str:
     """Everything a finished bundle run printed."""
     return proc.stdout + proc.stderr
+
+
+def evaluate_bundle(bundle: str, bundle_root: Path, data_dir: Path, output_dir: Path, **overrides) -> dict:
+    """Run ``bundle``'s evaluation (train.json + evaluate.json merged) of the model in ``bundle_root`` on
+    ``data_dir``; return the ``metrics.json`` it wrote in ``output_dir``."""
+    settings = {"dataset_dir": str(data_dir), "bundle_root": str(bundle_root), "output_dir": str(output_dir)}
+    run_bundle(bundle, ["train.json", "evaluate.json"], {**settings, **overrides})
+    return json.loads((Path(output_dir) / "metrics.json").read_text())

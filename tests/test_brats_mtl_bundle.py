@@ -5,13 +5,11 @@ after a kill, bad input, bundle properties, metadata, TorchScript export, torchr
 from __future__ import annotations
 
 import csv
-import json
-import subprocess
 
 import pytest
 import torch
 
-from tests.bundle_cli import bundle_configs, run_bundle
+from tests.bundle_cli import bundle_configs, evaluate_bundle, log_of, run_bundle
 from tests.bundle_specs import SPECS
 
 BUNDLE = "brats_mtl"
@@ -20,15 +18,9 @@ SMALL = SPECS[BUNDLE].small
 METRIC_KEYS = {"cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "mim_mse", "n_slices", "n_cases"}
 
 
-
-
 def _epoch(state: dict) -> int:
     """Completed epochs recorded in a checkpoint's ignite trainer state."""
     return state["trainer"]["iteration"] // state["trainer"]["epoch_length"]
-
-
-def _log(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -48,11 +40,7 @@ def test_train_writes_best_model_resume_state_and_task_logs(trained):
 @pytest.mark.slow
 def test_evaluate_writes_metrics_json(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle(
-        "brats_mtl", ["train.json", "evaluate.json"],
-        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_bundle(BUNDLE, trained, data_dir, out, **SMALL)
     assert set(metrics) == METRIC_KEYS
     assert metrics["n_cases"] == 10 and metrics["n_slices"] > 10
     assert 0.0 <= metrics["cls_auc"] <= 1.0 and 0.0 <= metrics["cls_accuracy"] <= 1.0
@@ -65,12 +53,7 @@ def test_evaluate_writes_metrics_json(trained, data_dir):
 @pytest.mark.slow
 def test_evaluate_on_held_out_split_only(trained, data_dir):
     out = trained / "eval_test"
-    run_bundle(
-        "brats_mtl", ["train.json", "evaluate.json"],
-        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), "eval_split": "test",
-         **SMALL},
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_bundle(BUNDLE, trained, data_dir, out, eval_split="test", **SMALL)
     assert 1 <= metrics["n_cases"] < 10
 
 
@@ -106,7 +89,7 @@ def test_strategies_by_override(strategy, expected, data_dir, tmp_path):
         "brats_mtl", "train.json",
         {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 2, "strategy": strategy, **SMALL},
     )
-    log = _log(proc)
+    log = log_of(proc)
     for line in expected:
         assert line in log
     state = torch.load(next((tmp_path / "models").glob("resume_*.pt")), map_location="cpu", weights_only=False)
@@ -125,7 +108,7 @@ def test_checkpoint_of_other_run_is_not_resumed(trained, data_dir, tmp_path):
         "brats_mtl", "train.json",
         {"dataset_dir": str(data_dir), "bundle_root": str(root), "epochs": 1, "strategy": "stl", **SMALL},
     )
-    assert "not resuming from" in _log(proc)
+    assert "not resuming from" in log_of(proc)
 
 
 @pytest.mark.slow

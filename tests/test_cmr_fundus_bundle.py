@@ -8,26 +8,19 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.bundle_cli import bundle_configs, run_bundle
+from tests.bundle_cli import bundle_configs, evaluate_bundle, log_of, run_bundle
 from tests.bundle_specs import CMR_FACTORS, SPECS
 
 BUNDLE = "cmr_fundus"
 CFG = bundle_configs(BUNDLE)
 SMALL = SPECS[BUNDLE].small
 FACTORS = CMR_FACTORS
-
-
-def _log(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
-
-
 
 
 @pytest.mark.slow
@@ -45,12 +38,7 @@ def test_train_saves_model_and_resume_state_and_logs_every_factor(trained):
 @pytest.mark.slow
 def test_evaluate_writes_every_factor_in_original_units(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle(
-        BUNDLE,
-        ["train.json", "evaluate.json"],
-        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_bundle(BUNDLE, trained, data_dir, out, **SMALL)
     rows = list(csv.DictReader(open(data_dir / "factors.csv")))
     assert metrics["n_images"] == 24 and metrics["n_patients"] == 12
     for f in FACTORS:
@@ -89,7 +77,7 @@ def test_inference_on_a_folder_of_photographs(trained, data_dir, tmp_path):
 @pytest.mark.parametrize("strategy", ["independent", "moe"])
 def test_baseline_strategies_by_override(strategy, data_dir, tmp_path):
     over = {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 1, "strategy": strategy, **SMALL}
-    log = _log(run_bundle(BUNDLE, "train.json", over))
+    log = log_of(run_bundle(BUNDLE, "train.json", over))
     assert f"epoch 1: training tasks {FACTORS.names}" in log
     weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)  # a state dict
     assert any(k.startswith("independent_heads.") for k in weights) == (strategy == "independent")
@@ -110,7 +98,7 @@ def _damaged_copy(data_dir: Path, tmp_path: Path, damage: str) -> tuple[Path, li
 def test_bad_input_excluded_and_counted_when_the_config_says_so(data_dir, tmp_path):
     bad, _ = _damaged_copy(data_dir, tmp_path, "sbp412")
     over = {"dataset_dir": str(bad), "bundle_root": str(tmp_path / "b"), "epochs": 1, "on_invalid": "exclude", **SMALL}
-    log = _log(run_bundle(BUNDLE, "train.json", over))
+    log = log_of(run_bundle(BUNDLE, "train.json", over))
     assert "sbp=412 is outside the plausible range [60, 260] mmHg; value excluded (missing)" in log
     assert "excluded {'sbp value': 1} (on_invalid='exclude')" in log
     assert (tmp_path / "b" / "models" / "model.pt").is_file()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 from common.data import build_fundus_datalist, select_split
-from tests.bundle_cli import run_bundle
+from tests.bundle_cli import log_of, run_bundle
 from tests.bundle_specs import SPECS
 
 BUNDLE = "fundus_glaucoma"
@@ -30,12 +29,6 @@ METRIC_KEYS = {
     "glaucoma_auc_ci_high",
     "n_images",
 }
-
-
-def _log(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
-
-
 
 
 @pytest.mark.slow
@@ -89,7 +82,7 @@ def test_inference_writes_full_size_masks_overlay_and_csv(trained, data_dir, tmp
         assert json.loads((out / case / f"{case}_glaucoma.json").read_text())["case"] == case
     # a black frame is no fundus photograph (issue 18): no probabilities, one clear flag
     assert rows["blank"]["flag"].startswith("no fundus image") and rows["blank"]["glaucoma_probability_head"] == ""
-    assert "image 'blank'" in _log(proc)
+    assert "image 'blank'" in log_of(proc)
 
 
 @pytest.mark.slow
@@ -112,7 +105,7 @@ def test_strategies(strategy, active, trainer, data_dir, tmp_path):
     assert affinity.is_file() == (strategy == "cool")  # measured for two-task training only
     if strategy == "cool":
         assert json.loads(affinity.read_text())["tasks"] == ["seg", "glaucoma"]
-    log = _log(proc)
+    log = log_of(proc)
     assert f"epoch 1: training tasks {active}" in log
     assert f"engine.{trainer} - INFO - Epoch[1] Complete" in log
     assert (tmp_path / "models" / "model.pt").is_file()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from tests.bundle_cli import run_bundle
+from tests.bundle_cli import evaluate_bundle, log_of, run_bundle
 from tests.bundle_specs import SPECS
 from tests.bundle_specs import copy_cases as _copy_cases
 
@@ -31,12 +30,6 @@ METRIC_KEYS = {
 }
 
 
-def _log(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
-
-
-
-
 @pytest.mark.slow
 def test_train_saves_model_resume_state_and_logs_both_tasks(trained):
     models = trained / "models"
@@ -51,12 +44,7 @@ def test_train_saves_model_resume_state_and_logs_both_tasks(trained):
 @pytest.mark.slow
 def test_evaluate_writes_issue_metrics(trained, data_dir):
     out = trained / "eval_out"
-    run_bundle(
-        BUNDLE,
-        ["train.json", "evaluate.json"],
-        {"dataset_dir": str(data_dir), "bundle_root": str(trained), "output_dir": str(out), **SMALL},
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_bundle(BUNDLE, trained, data_dir, out, **SMALL)
     assert METRIC_KEYS <= set(metrics)
     labels = list(csv.DictReader(open(data_dir / "labels.csv")))
     assert metrics["n_cases"] == 10
@@ -121,7 +109,7 @@ def test_single_task_strategies(strategy, active, inactive, data_dir, tmp_path):
             **SMALL,
         },
     )
-    log = _log(proc)
+    log = log_of(proc)
     assert f"epoch 1: training tasks ['{active}']" in log
     assert f"train_loss_{active}" in log and f"train_loss_{inactive}" not in log
     assert (tmp_path / "models" / "model.pt").is_file()

@@ -29,7 +29,7 @@ from common.handlers import (
     settings_path,
 )
 from common.weighting import get_weighting
-from tests.bundle_cli import run_bundle
+from tests.bundle_cli import log_of, run_bundle
 from tests.bundle_specs import SPECS
 
 BUNDLES = ["brats_mtl", "glioma_seg_idh", "fundus_glaucoma", "cmr_fundus"]
@@ -48,10 +48,6 @@ VALID_STRATEGIES = {
     "fundus_glaucoma": ["cool", "mtl", "stl_cls", "stl_seg"],
     "cmr_fundus": ["independent", "moe", "sepl"],
 }
-
-
-def _log(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
 
 
 def _sha(path: Path) -> str:
@@ -213,7 +209,7 @@ def test_resumed_run_keeps_best_model_and_checkpoint_settings_are_enforced(bundl
     base = {"dataset_dir": str(data_dirs[bundle]), "bundle_root": str(tmp_path), "epochs": 3, "val_interval": 1,
             "progress_bar": False, **SMALL[bundle]}
     # first part: stops after epoch 1 (as if killed), with the signature of a 3-epoch run
-    log1 = _log(run_bundle(bundle, "train.json", {**base, "train#trainer#max_epochs": 1}))
+    log1 = log_of(run_bundle(bundle, "train.json", {**base, "train#trainer#max_epochs": 1}))
     assert f"taking over the lock {models / LOCK_FILE}" in log1 and f"PID {stale}" in log1
     assert not (models / LOCK_FILE).exists(), "released at the end of the run"
     best = re.findall(r"Got new best metric of (\w+): (\S+)", log1)
@@ -230,7 +226,7 @@ def test_resumed_run_keeps_best_model_and_checkpoint_settings_are_enforced(bundl
     torch.save(state, ckpt)
     model, before, mtime = models / "model.pt", _sha(models / "model.pt"), (models / "model.pt").stat().st_mtime_ns
 
-    log2 = _log(run_bundle(bundle, "train.json", base))
+    log2 = log_of(run_bundle(bundle, "train.json", base))
     assert f"resuming training from {ckpt}" in log2
     assert f"resumed best metric of {best[0][0]}: inf at epoch 1" in log2
     assert "Got new best metric" not in log2
@@ -256,4 +252,4 @@ def test_evaluating_a_head_that_was_never_trained_warns(data_dirs, tmp_path):
     run_bundle(bundle, "train.json", {**base, "strategy": "stl_seg"})
     proc = run_bundle(bundle, ["train.json", "evaluate.json"], {**base, "output_dir": str(tmp_path / "out"),
                                                                 "n_bootstrap": 0})
-    assert "never trained task(s) ['idh']" in _log(proc) and "'stl_seg'" in _log(proc)
+    assert "never trained task(s) ['idh']" in log_of(proc) and "'stl_seg'" in log_of(proc)
