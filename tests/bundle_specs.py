@@ -340,3 +340,8 @@ def spec_of(bundle: str) -> BundleSpec:
     if bundle not in SPECS:
         raise KeyError(f"bundle {bundle!r} has no BundleSpec in tests/bundle_specs.py: add one to test its contract")
     return SPECS[bundle]
+
+
+# every bundle's tiny settings with one locator epoch for a two-stage bundle: a whole CPU run in seconds
+QUICK = {name: {**spec.small, **({"locator_epochs": 1} if "locator_epochs" in spec.train else {})}
+         for name, spec in SPECS.items()}

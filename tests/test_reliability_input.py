@@ -34,11 +34,10 @@ from common.data import (
 from common.errors import dataset_error_message, read_error
 from common.transforms import LoadCaseImaged
 from tests.bundle_cli import REPO, run_bundle
-from tests.bundle_specs import SPECS
+from tests.bundle_specs import QUICK
 
-BUNDLES = ["brats_mtl", "glioma_seg_idh", "fundus_glaucoma", "cmr_fundus"]
-# the bundles' tiny settings (tests/bundle_specs.py), a CPU epoch in seconds; one locator epoch for fundus_glaucoma
-SMALL = {b: {**SPECS[b].small, **({"locator_epochs": 1} if b == "fundus_glaucoma" else {})} for b in BUNDLES}
+SMALL = QUICK  # tests/bundle_specs.py: tiny settings, one locator epoch
+BUNDLES = list(SMALL)
 NIFTI_BUNDLES = ["brats_mtl", "glioma_seg_idh"]
 PHOTO_BUNDLES = ["fundus_glaucoma", "cmr_fundus"]
 # what a damage does to a file, and the words the error must use for it

@@ -30,11 +30,10 @@ from common.handlers import (
 )
 from common.weighting import get_weighting
 from tests.bundle_cli import log_of, run_bundle
-from tests.bundle_specs import SPECS
+from tests.bundle_specs import QUICK
 
-BUNDLES = ["brats_mtl", "glioma_seg_idh", "fundus_glaucoma", "cmr_fundus"]
-# the bundles' tiny settings (tests/bundle_specs.py), a CPU epoch in seconds; one locator epoch for fundus_glaucoma
-SMALL = {b: {**SPECS[b].small, **({"locator_epochs": 1} if b == "fundus_glaucoma" else {})} for b in BUNDLES}
+SMALL = QUICK  # tests/bundle_specs.py: tiny settings, one locator epoch
+BUNDLES = list(SMALL)
 # a network setting each bundle's model_settings records, with another value
 OTHER_SETTING = {
     "brats_mtl": ("hidden_size", 64),
