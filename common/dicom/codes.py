@@ -39,6 +39,7 @@ __all__ = [
     "private_code",
     "private_scheme_identification",
     "generic_measurement_codes",
+    "concept_key",
     "measurement_code",
     "measurement_codes",
     "parse_code",
@@ -85,7 +86,7 @@ def segment_code(name: str, table: Mapping[str, SegmentCode] | None = None) -> S
         ValueError: ``name`` is not in the table (the message says where a bundle config gives its codes).
     """
     table = table or {}
-    key = _key(name)
+    key = concept_key(name)
     if key not in table:
         raise ValueError(
             f"segment '{name}' has no codes (known: {sorted(table)}); give them in the bundle's inference.json as "
@@ -173,7 +174,8 @@ def parse_code(value: Sequence[str] | Mapping[str, str] | CodedConcept, what: st
     raise ValueError(f"{what} must be [scheme, value, meaning] or a dict with those keys, got {value!r}.")
 
 
-def _key(name: str) -> str:
+def concept_key(name: str) -> str:
+    """The table key of a segment or measurement name: lower case, spaces and dashes as underscores."""
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
@@ -185,7 +187,7 @@ def segment_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[str, S
         if not isinstance(entry, Mapping) or not {"category", "type"} <= set(entry):
             raise ValueError(f"dicom_codes#segments#{name} must give 'category' and 'type' codes, got {entry!r}.")
         region = entry.get("region")
-        table[_key(name)] = SegmentCode(
+        table[concept_key(name)] = SegmentCode(
             parse_code(entry["category"], f"dicom_codes#segments#{name}#category"),
             parse_code(entry["type"], f"dicom_codes#segments#{name}#type"),
             parse_code(region, f"dicom_codes#segments#{name}#region") if region else None,
@@ -201,7 +203,7 @@ def measurement_codes(config: Mapping[str, Mapping[str, Any]] | None) -> dict[st
         if not isinstance(entry, Mapping) or not {"concept", "unit"} <= set(entry):
             raise ValueError(f"dicom_codes#measurements#{name} must give 'concept' and 'unit', got {entry!r}.")
         unit = entry["unit"]
-        table[_key(name)] = MeasurementCode(
+        table[concept_key(name)] = MeasurementCode(
             parse_code(entry["concept"], f"dicom_codes#measurements#{name}#concept"),
             ucum_unit(unit) if isinstance(unit, str) else parse_code(unit, f"dicom_codes#measurements#{name}#unit"),
         )
@@ -220,7 +222,7 @@ def measurement_code(
     Raises:
         ValueError: ``name`` is not in the table and has no UCUM unit.
     """
-    key = _key(name)
+    key = concept_key(name)
     if key in (table or {}):
         return table[key]  # type: ignore[index]
     if key in generic_measurement_codes():

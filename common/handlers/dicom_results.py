@@ -22,7 +22,7 @@ from ignite.engine import Engine
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.dicom.codes import measurement_code, measurement_codes, segment_code, segment_codes
+from common.dicom.codes import concept_key, measurement_code, measurement_codes, segment_code, segment_codes
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets
 from common.dicom.seg import write_segmentation
 from common.dicom.sr import write_measurement_report
@@ -106,7 +106,7 @@ def write_case_result(
     def values(found: Mapping[str, Measurement]) -> dict[str, float]:
         out = {}
         for name, m in _finite(found).items():
-            table[name.strip().lower().replace(" ", "_").replace("-", "_")] = measurement_code(name, m_table, m.unit)
+            table[concept_key(name)] = measurement_code(name, m_table, m.unit)
             out[name] = float(m.value)  # type: ignore[arg-type]
         return out
 
