@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from dicom_sources import MR_SHAPE, write_enhanced_mr, write_fundus_photo, write_mr_series  # noqa: E402
-from dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report  # noqa: E402
+from dicom_validate import DCIODVFY, assert_secondary_capture, dciodvfy_errors, dciodvfy_report  # noqa: E402
 
 from common.dicom.codes import (  # noqa: E402
     PRIVATE_SCHEME,
@@ -26,7 +26,7 @@ from common.dicom.codes import (  # noqa: E402
     segment_codes,
 )
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets  # noqa: E402
-from common.dicom.sc import OUTLINE_COLOURS, key_frames, outline, write_secondary_captures  # noqa: E402
+from common.dicom.sc import key_frames, write_secondary_captures  # noqa: E402
 from common.dicom.seg import write_segmentation  # noqa: E402
 from common.dicom.sr import write_measurement_report  # noqa: E402
 
@@ -108,45 +108,6 @@ def tumour_labels() -> np.ndarray:
     lab[2:6, 8:20, 10:24] = 1
     lab[3:5, 12:16, 14:18] = 2
     return lab
-
-
-SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-NOT_FOR_DIAGNOSIS_RED = (255, 64, 64)  # the colour of the "NOT FOR DIAGNOSIS" line (common.dicom.sc)
-
-
-def assert_secondary_capture(path: str, source: pydicom.Dataset, masks: np.ndarray, frame: int | None = None) -> None:
-    """``path`` is a valid SC in ``source``'s study, new series, referencing ``source`` (its ``frame``, from 0, for a
-    multi-frame source), with segment ``k``'s outline colour exactly on the inner boundary of ``masks[..., k]``
-    (``(Rows, Columns, n_segments)``, aligned with the source) and the red "NOT FOR DIAGNOSIS" line in the panel."""
-    assert_valid(path)
-    sc = pydicom.dcmread(path)
-    assert sc.SOPClassUID == SC_SOP_CLASS and sc.Modality == "OT"
-    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
-    assert sc.PatientName == source.PatientName and sc.SeriesInstanceUID != source.SeriesInstanceUID
-    assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "NO"
-    assert "NOT FOR DIAGNOSIS" in sc.ImageComments and "not for diagnosis" in sc.SeriesDescription
-    ref = sc.SourceImageSequence[0]
-    assert (ref.ReferencedSOPInstanceUID, ref.ReferencedSOPClassUID) == (source.SOPInstanceUID, source.SOPClassUID)
-    assert ref.get("ReferencedFrameNumber") == (None if frame is None else frame + 1)
-    assert sc.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    rows, cols = int(source.Rows), int(source.Columns)
-    scale = int(sc.Columns) // cols
-    assert scale >= 1 and int(sc.Columns) == cols * scale and int(sc.Rows) > rows * scale
-    pixels = sc.pixel_array
-    picture, panel = pixels[: rows * scale], pixels[rows * scale :]
-    assert np.all(panel == NOT_FOR_DIAGNOSIS_RED, axis=-1).any(), "no NOT FOR DIAGNOSIS line in the text panel"
-    masks = np.asarray(masks, dtype=bool)
-    for k in range(masks.shape[-1]):
-        coloured = np.all(picture == OUTLINE_COLOURS[k], axis=-1)
-        up = np.repeat(np.repeat(masks[..., k], scale, axis=0), scale, axis=1)
-        assert not (coloured & ~up).any(), f"segment {k}: outline colour outside its mask"
-        later = masks[..., k + 1 :].any(axis=-1)  # later segments' outlines are drawn over this one
-        edge = outline(masks[..., k]) & ~later
-        blocks = coloured.reshape(rows, scale, cols, scale).any(axis=(1, 3))
-        assert edge.any() == masks[..., k].any()
-        assert blocks[edge].all(), f"segment {k}: boundary pixels without outline colour"
-        inside = masks[..., k] & ~outline(masks[..., k], 2 + int(sc.Columns) // 256 // scale)  # beyond the outline
-        assert not blocks[inside].any(), f"segment {k}: filled, not outlined"
 
 
 # --- test sources -------------------------------------------------------------------------------------------------

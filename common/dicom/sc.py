@@ -32,6 +32,7 @@ binary_erosion, _ = optional_import("scipy.ndimage", name="binary_erosion")
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS",
+    "NOT_FOR_DIAGNOSIS_COLOUR",
     "OUTLINE_COLOURS",
     "key_frames",
     "outline",
@@ -52,7 +53,8 @@ OUTLINE_COLOURS: tuple[tuple[int, int, int], ...] = (
     (64, 128, 255),  # blue
 )
 _WARNING_COLOUR = (255, 96, 96)
-_LABEL_COLOUR = (255, 64, 64)
+#: colour of the "NOT FOR DIAGNOSIS" line.
+NOT_FOR_DIAGNOSIS_COLOUR = (255, 64, 64)
 _TEXT_COLOUR = (255, 255, 255)
 
 
@@ -174,7 +176,7 @@ def render_capture(
     size = max(10, min(48, width // 32))
     font, margin = _font(size), max(2, size // 3)
     step = size + max(2, size // 4)
-    entries: list[tuple[str, tuple[int, int, int]]] = [(NOT_FOR_DIAGNOSIS, _LABEL_COLOUR)]
+    entries: list[tuple[str, tuple[int, int, int]]] = [(NOT_FOR_DIAGNOSIS, NOT_FOR_DIAGNOSIS_COLOUR)]
     entries += [(t, _TEXT_COLOUR) for t in ([title] if title else [])]
     entries += [(f"outline: {s}", OUTLINE_COLOURS[k % len(OUTLINE_COLOURS)]) for k, s in enumerate(segments)]
     entries += [(t, _TEXT_COLOUR) for t in lines] + [(f"WARNING: {t}", _WARNING_COLOUR) for t in warnings]
