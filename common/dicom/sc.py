@@ -52,7 +52,7 @@ OUTLINE_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 128, 0),  # orange
     (64, 128, 255),  # blue
 )
-_WARNING_COLOUR = (255, 96, 96)
+_WARNING_COLOUR = (255, 170, 80)
 #: colour of the "NOT FOR DIAGNOSIS" line.
 NOT_FOR_DIAGNOSIS_COLOUR = (255, 64, 64)
 _TEXT_COLOUR = (255, 255, 255)
