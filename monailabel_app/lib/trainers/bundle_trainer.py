@@ -226,7 +226,21 @@ class BundleTrainTask(TrainTask):
     # --- run ----------------------------------------------------------------------------------------------------
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        """Train on the labelled studies; publish the new checkpoints to the served bundle."""
+        """Train on the labelled studies; publish the new checkpoints to the served bundle.
+
+        Errors are HTTP errors (422: a study, label or setting that cannot be used; 500: the run failed), so that
+        ``POST /train/<model>?run_sync=true`` answers with the message; a background task logs it in its details.
+        """
+        from fastapi import HTTPException
+
+        try:
+            return self._train(request, datastore)
+        except ValueError as e:  # LabelError included
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        except RuntimeError as e:
+            raise HTTPException(status_code=500, detail=str(e)) from e
+
+    def _train(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         start = time.time()
         run_dir = self.work_dir / f"{self.name}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
         data_dir, models_dir = run_dir / "data", run_dir / "models"
