@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -472,6 +473,18 @@ def _put_label(url: str, image: str, label: bytes, filename: str, info: dict) ->
         return e.code, json.loads(e.read() or b"{}")
 
 
+def _put_info(url: str, label: str, info: dict) -> tuple[int, dict]:
+    """``PUT /datastore/label/info`` of a final label (form field ``info``)."""
+    data = urllib.parse.urlencode({"info": json.dumps(info)}).encode()
+    req = urllib.request.Request(f"{url}/datastore/label/info?label={label}&tag=final", data=data, method="PUT")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
 def _post_json(url: str, params: dict, timeout: float = 300) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(params).encode(), method="POST")
     req.add_header("Content-Type", "application/json")
@@ -574,6 +587,13 @@ def test_train_from_datastore_labels_and_pick_by_uncertainty(exported, trained, 
             assert status == 200, answer
         status, body, _ = _get(f"{url}/datastore/label/info?label=brain_001&tag=final")
         assert json.loads(body)["idh_status"] == "mutant"
+        # a task label changed later (label info update) is checked the same way; an unlabelled study has none
+        status, answer = _put_info(url, "brain_002", {"idh_status": "banana"})
+        assert status == 422 and "brain_002" in answer["detail"] and "banana" in answer["detail"], answer
+        status, answer = _put_info(url, "brain_004", {"idh_status": "mutant"})
+        assert status == 404 and "brain_004" in answer["detail"], answer
+        status, body, _ = _get(f"{url}/datastore/label/info?label=brain_002&tag=final")
+        assert json.loads(body)["idh_status"] == "wildtype"
 
         # train each model on its own studies (1 epoch): glioma in the request (run_sync), fundus in the
         # background (MONAI Label's default), waiting on GET /train

@@ -3,7 +3,8 @@
 ``PUT /datastore/label`` saves the label file and its label info (``params``) at once; a label for a study the
 datastore does not hold, or whose label info holds a task label the bundle does not allow, would either fail deep
 inside MONAI Label (an unexplained 500) or be saved and break a later training run. This datastore refuses both
-before anything is written, with one HTTP error (404 / 422) naming the study and the problem.
+before anything is written, with one HTTP error (404 / 422) naming the study and the problem; so does an update
+of a label's info (``PUT /datastore/label/info``) to a value not allowed.
 """
 
 from __future__ import annotations
@@ -43,3 +44,17 @@ class LabelCheckingDatastore(LocalDatastore):
         except ValueError as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
         return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        """``PUT /datastore/label/info``: the label must exist and the merged info pass the check."""
+        from fastapi import HTTPException
+
+        label = self._datastore.label(label_id, label_tag)
+        if not label:
+            raise HTTPException(status_code=404, detail=f"study {label_id}: no '{label_tag}' label to update the "
+                                "info of; submit the label with PUT /datastore/label first.")
+        try:
+            self.check(label_id, {**label.info, **(info or {})})
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        super().update_label_info(label_id, label_tag, info)
