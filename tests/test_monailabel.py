@@ -636,3 +636,57 @@ def test_train_from_datastore_labels_and_pick_by_uncertainty(exported, trained, 
         assert "glaucoma_margin" in answer["tasks"] and any(k.endswith("_entropy") for k in answer["tasks"]), answer
         status, answer = _post_json(f"{url}/activelearning/first", {})
         assert status == 200 and answer["id"] in ("brain_004", "eye_005"), answer
+
+
+_HELPERS_SCRIPT = """
+import json, math, sys
+sys.path.insert(0, sys.argv[1])  # monailabel_app: lib.*
+import numpy as np
+from lib.strategies.uncertainty import classification_margin, segmentation_entropy
+from lib.trainers.bundle_trainer import BundleTrainTask, LabelError, _cause
+out = {"margin": [classification_margin(p) for p in (0.5, 0.0, 1.0, 0.75)],
+       "entropy": [segmentation_entropy(np.array([-2.0, 2.0]).reshape(1, 1, 1, 2)),
+                   segmentation_entropy(np.full((1, 2, 3, 3), 30.0)),
+                   segmentation_entropy(np.full((1, 1, 2, 2), 0.5))]}
+task = object.__new__(BundleTrainTask)
+task.name = "b"
+task.case_labels = {"idh": {"info_key": "idh_status", "values": {"mutant": 1, "wildtype": 0, "": -1}, "missing": -1},
+                    "cdr": {"info_key": "cdr", "range": [0, 1], "missing": float("nan")}}
+out["coded"] = [task.check_label_info("s1", {"idh_status": "Mutant", "cdr": 0.5}), task.check_label_info("s2", {})]
+out["errors"] = []
+for info in ({"idh_status": "maybe"}, {"cdr": "high"}, {"cdr": 1.5}):
+    try:
+        task.check_label_info("s3", info)
+    except LabelError as e:
+        out["errors"].append(str(e))
+records = [{"case": f"c{k}"} for k in range(5)]
+train, val = task.split(records, 0.2)
+one_train, one_val = task.split(records[:1], 0.2)
+out["split"] = [[r["case"] for r in x] for x in (train, val, one_train, one_val)]
+out["cause"] = _cause("x\\nValueError: no batch\\nRuntimeError: Failed to evaluate ConfigExpression:\\n")
+print("RESULTS " + json.dumps(out, default=str))
+"""
+
+
+@needs_venv
+@pytest.mark.slow
+def test_uncertainty_scores_and_label_coding():
+    """The strategy's per-task scores and the trainer's label info coding, split and error line (MONAI Label venv)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(VENV_PY), "-c", _HELPERS_SCRIPT, str(REPO / "monailabel_app")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+    assert out["margin"] == [1.0, 0.0, 0.0, 0.5]
+    # logits -2 and 2: p = 0.119 / 0.881 -> 0.527 bits each; logits 30: certain
+    assert out["entropy"][0] == pytest.approx(0.527, abs=1e-3) and out["entropy"][1] < 1e-6
+    assert out["entropy"][2] == pytest.approx(1.0)  # probabilities of 0.5 taken as they are
+    assert out["coded"][0] == {"idh": 1, "cdr": 0.5}
+    assert out["coded"][1]["idh"] == -1 and np.isnan(out["coded"][1]["cdr"])
+    assert len(out["errors"]) == 3 and all(e.startswith("study s3: label info ") for e in out["errors"])
+    assert "idh_status='maybe'" in out["errors"][0] and "['mutant', 'wildtype']" in out["errors"][0]
+    assert "cdr='high'" in out["errors"][1] and "cdr=1.5" in out["errors"][2]
+    train, val, one_train, one_val = out["split"]
+    assert len(val) == 1 and len(train) == 4 and not set(train) & set(val)
+    assert one_train == one_val == ["c0"]  # a single study validates on itself
+    assert out["cause"] == "ValueError: no batch"
