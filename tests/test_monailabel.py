@@ -669,7 +669,6 @@ print("RESULTS " + json.dumps(out, default=str))
 
 
 @needs_venv
-@pytest.mark.slow
 def test_uncertainty_scores_and_label_coding():
     """The strategy's per-task scores and the trainer's label info coding, split and error line (MONAI Label venv)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
