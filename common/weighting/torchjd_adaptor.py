@@ -65,7 +65,8 @@ class AggregatorSpec:
         fixed_rows: keeps a running per-task state, so absent tasks get a zero row instead of no row.
         pass_n_tasks: the constructor takes ``n_tasks``.
         state_attrs: plain attributes (of the aggregator or its sub-modules) holding running state; saved in the
-            weighting's extra state so a resumed run continues it.
+            weighting's extra state (numpy arrays as tensors) so a resumed run continues it.
+        rebuild: method of the state's owner to call after a restore (Nash-MTL rebuilds its cvxpy problem).
     """
 
     name: str
@@ -77,6 +78,7 @@ class AggregatorSpec:
     fixed_rows: bool = False
     pass_n_tasks: bool = False
     state_attrs: tuple[str, ...] = ()
+    rebuild: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,22 +116,25 @@ AGGREGATORS: tuple[AggregatorSpec, ...] = (
     AggregatorSpec("cagrad", "CAGrad", "conflict-averse gradient descent (Liu et al. 2021)", defaults={"c": 0.4},
                    requires=_CVXPY),
     AggregatorSpec("imtl_g", "IMTLG", "IMTL-G: equal projections on the unit task gradients (Liu et al. 2021)"),
-    AggregatorSpec("nash_mtl", "NashMTL", "Nash bargaining solution (Navon et al. 2022); its solver state is not "
-                   "checkpointed", requires=("numpy", "cvxpy", "ecos"), fixed_rows=True, pass_n_tasks=True),
+    AggregatorSpec("nash_mtl", "NashMTL", "Nash bargaining solution (Navon et al. 2022)",
+                   requires=("numpy", "cvxpy", "ecos"), fixed_rows=True, pass_n_tasks=True,
+                   state_attrs=("prvs_alpha", "step", "init_gtg", "normalization_factor"),
+                   rebuild="_init_optim_problem"),
     AggregatorSpec("aligned_mtl", "AlignedMTL", "gradients aligned by the Jacobian's condition number (Senushkin "
                    "et al. 2023)"),
     AggregatorSpec("config", "ConFIG", "conflict-free inverse of the unit gradients (Liu et al. 2024)"),
     AggregatorSpec("gradvac", "GradVac", "gradient vaccine: EMA cosine targets (Wang et al. 2021)", random=True,
-                   fixed_rows=True, state_attrs=("_phi_t", "_state_key")),
+                   fixed_rows=True, state_attrs=("_state_key",)),
     AggregatorSpec("graddrop", "GradDrop", "sign-consistency gradient dropout (Chen et al. 2020); on GPU its "
                    "draws come from the CUDA generator and are not checkpointed", random=True),
     AggregatorSpec("fairgrad", "FairGrad", "alpha-fair gradient weights (Ban & Ji 2024)", defaults={"alpha": 1.0},
                    requires=("numpy", "scipy")),
     AggregatorSpec("pcd", "PCD", "PCD aggregator of TorchJD (running squared-norm EMA)", fixed_rows=True,
-                   state_attrs=("_sq_norm_ema", "_n_steps", "_state_key")),
-    AggregatorSpec("krum", "Krum", "Krum robust aggregation (Blanchard et al. 2017); needs n_byzantine"),
-    AggregatorSpec("trimmed_mean", "TrimmedMean", "coordinate-wise trimmed mean; needs trim_number"),
+                   state_attrs=("_state_key",)),
 )
+# Not registered: Krum and TrimmedMean (Byzantine-robust: they discard whole gradients and need more objectives
+# than 2-4 task losses, fewer still when a batch lacks some labels); Mean/Sum/Random/Constant (ew covers them);
+# ExcessMTL, SDMGrad, MoDo, CR-MOGM (matrix-only weightings or wrappers without an aggregator in 0.18).
 
 SCALARIZERS: tuple[ScalarizerSpec, ...] = (
     ScalarizerSpec("ew", "Sum", "equal weighting: plain sum of the task losses", class_name="EqualWeighting"),
@@ -157,6 +162,18 @@ def _require(name: str, modules: Sequence[str]) -> None:
 def _kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Lists from JSON configs (``pref_vector``, ``weights``, ...) become float tensors."""
     return {k: torch.tensor(v, dtype=torch.float32) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+
+
+def _to_saved(value: Any) -> Any:
+    """numpy arrays become tensors (checkpoints load with ``weights_only``)."""
+    return torch.from_numpy(value.copy()) if type(value).__module__ == "numpy" and hasattr(value, "shape") else value
+
+
+def _from_saved(value: Any, current: Any) -> Any:
+    """Back to a numpy array where the attribute held one."""
+    if isinstance(value, torch.Tensor) and type(current).__module__ == "numpy":
+        return value.numpy().copy()
+    return value
 
 
 class AggregatorWeighting(GradientWeighting):
@@ -287,6 +304,15 @@ class AggregatorWeighting(GradientWeighting):
             torch.autograd.backward(vec.sum(), inputs=others)
         return {k: float(w[i]) for i, k in enumerate(names)}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # TorchJD's running-state buffers start as None (absent from a fresh state dict): give them a shape first
+        for mod_name, module in self.named_modules(prefix=prefix.rstrip(".")):
+            for buf, value in list(module._buffers.items()):
+                key = f"{mod_name}.{buf}" if mod_name else buf
+                if value is None and key in state_dict:
+                    module._buffers[buf] = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _state_owners(self) -> list[nn.Module]:
         return [m for m in self.aggregator.modules() if any(a in vars(m) for a in self.spec.state_attrs)]
 
@@ -295,8 +321,9 @@ class AggregatorWeighting(GradientWeighting):
         state: dict[str, Any] = {}
         if self.generator is not None:
             state["generator_state"] = self.generator.get_state()
-        state["aggregator"] = [{a: vars(m)[a] for a in self.spec.state_attrs if a in vars(m)}
-                               for m in self._state_owners()]
+        state["aggregator"] = [
+            {a: _to_saved(vars(m)[a]) for a in self.spec.state_attrs if a in vars(m)} for m in self._state_owners()
+        ]
         return state
 
     def set_extra_state(self, state: Any) -> None:
@@ -305,7 +332,9 @@ class AggregatorWeighting(GradientWeighting):
             self.generator.set_state(state["generator_state"])
         for module, attrs in zip(self._state_owners(), state.get("aggregator", [])):
             for a, v in attrs.items():
-                setattr(module, a, v)
+                setattr(module, a, _from_saved(v, vars(module).get(a)))
+            if self.spec.rebuild and attrs:
+                getattr(module, self.spec.rebuild)()
 
 
 class ScalarizerWeighting(Weighting):
