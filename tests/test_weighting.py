@@ -454,3 +454,116 @@ def test_state_dict_round_trip(name):
         assert results[2][0] != pytest.approx(results[0][0], rel=1e-6, abs=1e-9)
     if name in RANDOM:
         assert torch.equal(original.generator.get_state(), restored.generator.get_state())
+
+
+# ---------------------------------------------------------------------------------- TorchJD aggregators
+CONFLICTING = [
+    [[1.0, 0.0, 0.2], [-0.9, 0.4, 0.0], [0.1, -1.0, 0.5]],
+    [[2.0, 1.0], [-1.0, 0.1]],
+    [[1.0, 0.5, -0.3, 0.0], [-0.2, 1.0, 0.4, -0.6], [-0.8, -0.7, 0.1, 0.2], [0.3, 0.0, -1.0, 0.9]],
+]
+
+
+@pytest.mark.parametrize("name", [needs_solver("upgrad"), needs_solver("dualproj")])
+@pytest.mark.parametrize("grads", CONFLICTING)
+def test_dual_cone_update_never_conflicts(name, grads):
+    names, g, p, heads, losses = linear_problem(grads)
+    weights = get_weighting(name, names).backward(losses, [p])
+    # non-negative inner product with every task (up to the QP solver's 1e-4 regularisation)
+    assert bool(((g @ p.grad) >= -1e-3 * g.norm(dim=1) * p.grad.norm()).all()), g @ p.grad
+    assert bool(((g @ g.mean(0)) < 0).any())  # while the mean gradient conflicts with some task
+    torch.testing.assert_close(p.grad, torch.tensor(list(weights.values())) @ g, atol=1e-5, rtol=1e-5)
+    for i, h in enumerate(heads):
+        torch.testing.assert_close(h.grad, 2 * (i + 1) * h.detach())
+
+
+@pytest.mark.parametrize("grads", CONFLICTING)
+def test_mgda_min_norm_convex_combination(grads):
+    names, g, p, _, losses = linear_problem(grads)
+    mgda = get_weighting("mgda", names, epsilon=1e-9, max_iters=100000)  # TorchJD's Frank-Wolfe, run to convergence
+    w = torch.tensor(list(mgda.backward(losses, [p]).values()))
+    assert float(w.min()) >= -1e-6 and float(w.sum()) == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(p.grad, w @ g, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)  # no sampled convex combination is shorter
+    samples = torch.distributions.Dirichlet(torch.ones(len(names))).sample((5000,)) @ g
+    assert float(p.grad.norm()) <= float(samples.norm(dim=1).min()) + 1e-3
+    d = p.grad  # optimality of the min-norm point: d . g_i >= ||d||^2 for every task
+    assert bool(((g @ d) >= d.dot(d) - 1e-4).all())
+
+
+def test_imtl_g_equal_projections():
+    names, g, p, _, losses = linear_problem([[1.0, 0.0, 0.5, 0.0], [-0.5, 2.0, 0.0, 0.1], [0.3, -0.4, 1.5, 1.0]])
+    weights = get_weighting("imtl_g", names).backward(losses, [p])
+    proj = (g / g.norm(dim=1, keepdim=True)) @ p.grad
+    torch.testing.assert_close(proj, proj[0].expand(3), atol=1e-5, rtol=1e-5)
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_imtl_l_scales_losses():
+    imtl_l = get_weighting("imtl_l", ["a", "b"])
+    with torch.no_grad():
+        imtl_l.scalarizer.log_scale.copy_(torch.tensor([0.5, -1.0]))
+    p, losses = scalar_losses({"a": 2.0, "b": 3.0})
+    weights = imtl_l.backward(losses, [p])
+    assert weights == pytest.approx({"a": math.exp(0.5), "b": math.exp(-1.0)}, rel=1e-5)
+    torch.testing.assert_close(imtl_l.scalarizer.log_scale.grad, torch.exp(torch.tensor([0.5, -1.0])) * 
+                               torch.tensor([2.0, 3.0]) - 1)
+
+
+def test_stch_approaches_the_maximum():
+    p, losses = scalar_losses({"a": 1.0, "b": 3.0, "c": 2.0})
+    weights = get_weighting("stch", ["a", "b", "c"], mu=1e-3).backward(losses, [p])
+    assert weights["b"] == pytest.approx(1 / 3, rel=1e-3) and weights["a"] < 1e-6  # gradient of max_i L_i / 3
+
+
+def test_missing_solver_names_method_and_extra(monkeypatch):
+    import common.weighting.torchjd_adaptor as adaptor
+    from common.errors import SettingsError
+
+    monkeypatch.setattr(adaptor, "optional_import", lambda name: (None, name != "cvxpy"))
+    with pytest.raises(SettingsError, match=r"cagrad.*cvxpy.*\[solvers\]"):
+        get_weighting("cagrad", TASKS)
+    get_weighting("mgda", TASKS)  # needs no solver
+
+
+class TinyNet(nn.Module):
+    """Trunk (Linear + GroupNorm) shared by per-task heads; ``shared_parameters`` as the bundles' networks."""
+
+    def __init__(self, tasks=TASKS):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Tanh(), nn.Linear(8, 8))
+        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in tasks})
+
+    def shared_parameters(self):
+        return self.trunk.parameters()
+
+    def losses(self, x, ys, tasks):
+        f = self.trunk(x)
+        return {t: ((self.heads[t](f) - ys[t]) ** 2).mean() for t in tasks}
+
+
+@pytest.mark.parametrize("name", ["mgda", "imtl_g", "pcgrad", needs_solver("upgrad"), "gradvac"])
+@pytest.mark.parametrize("present", [TASKS, ["a", "c"]])
+def test_autogram_matches_one_backward_per_task(name, present):
+    x, ys = make_data()
+    grads = []
+    for autogram in (False, True):
+        net = TinyNet()
+        w = get_weighting(name, TASKS, use_autogram=autogram, **({"seed": 3} if name in RANDOM else {}))
+        w.attach(net)
+        weights = w.backward(net.losses(x, ys, present), list(net.shared_parameters()))
+        grads.append((weights, {n: q.grad for n, q in net.named_parameters()}))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-4, abs=1e-6)
+    for n, g in grads[0][1].items():
+        if g is None:
+            assert grads[1][1][n] is None, n
+        else:
+            torch.testing.assert_close(grads[1][1][n], g, atol=1e-5, rtol=1e-4)
+
+
+def test_autogram_needs_attach():
+    net = TinyNet()
+    x, ys = make_data()
+    with pytest.raises(ValueError, match="attach"):
+        get_weighting("mgda", TASKS, use_autogram=True).backward(net.losses(x, ys, TASKS), list(net.parameters()))
