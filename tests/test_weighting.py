@@ -567,3 +567,10 @@ def test_autogram_needs_attach():
     x, ys = make_data()
     with pytest.raises(ValueError, match="attach"):
         get_weighting("mgda", TASKS, use_autogram=True).backward(net.losses(x, ys, TASKS), list(net.parameters()))
+
+
+def test_docs_list_every_method():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "weighting.md").read_text()
+    assert [n for n in NAMES if f"| `{n}` |" not in text] == []

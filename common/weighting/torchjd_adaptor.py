@@ -129,7 +129,8 @@ AGGREGATORS: tuple[AggregatorSpec, ...] = (
                    "draws come from the CUDA generator and are not checkpointed", random=True),
     AggregatorSpec("fairgrad", "FairGrad", "alpha-fair gradient weights (Ban & Ji 2024)", defaults={"alpha": 1.0},
                    requires=("numpy", "scipy")),
-    AggregatorSpec("pcd", "PCD", "PCD aggregator of TorchJD (running squared-norm EMA)", fixed_rows=True,
+    AggregatorSpec("pcd", "PCD", "priority-constrained descent: the first of task_names is primary, the others "
+                   "get at least a fraction tau of its progress", fixed_rows=True,
                    state_attrs=("_state_key",)),
 )
 # Not registered: Krum and TrimmedMean (Byzantine-robust: they discard whole gradients and need more objectives
@@ -202,6 +203,8 @@ class AggregatorWeighting(GradientWeighting):
         self, task_names: Sequence[str], use_autogram: bool = False, seed: int | None = None, **kwargs: Any
     ) -> None:
         super().__init__(task_names)
+        if isinstance(use_autogram, str) and use_autogram.lower() in ("true", "false"):
+            use_autogram = use_autogram.lower() == "true"  # the bundle CLI passes JSON's true as a string
         if not isinstance(use_autogram, bool):
             raise ValueError(f"use_autogram must be a bool, got {use_autogram!r}.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
