@@ -543,13 +543,32 @@ class TinyNet(nn.Module):
         return {t: ((self.heads[t](f) - ys[t]) ** 2).mean() for t in tasks}
 
 
+class TokenTrunk(nn.Module):
+    """A module with its own parameter and parameterised children (as a ViT encoder with its CLS token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.linspace(-0.5, 0.5, 4))
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.body(x + self.shift)
+
+
+class TokenNet(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.trunk = TokenTrunk()
+
+
 @pytest.mark.parametrize("name", ["mgda", "imtl_g", "pcgrad", needs_solver("upgrad"), "gradvac"])
 @pytest.mark.parametrize("present", [TASKS, ["a", "c"]])
-def test_autogram_matches_one_backward_per_task(name, present):
+@pytest.mark.parametrize("net_cls", [TinyNet, TokenNet])
+def test_autogram_matches_one_backward_per_task(name, present, net_cls):
     x, ys = make_data()
     grads = []
     for autogram in (False, True):
-        net = TinyNet()
+        net = net_cls()
         w = get_weighting(name, TASKS, use_autogram=autogram, **({"seed": 3} if name in RANDOM else {}))
         w.attach(net)
         weights = w.backward(net.losses(x, ys, present), list(net.shared_parameters()))

@@ -237,13 +237,20 @@ class AggregatorWeighting(GradientWeighting):
             return
         shared_fn = getattr(network, "shared_parameters", None)
         shared = {id(p) for p in (shared_fn() if callable(shared_fn) else network.parameters()) if p.requires_grad}
-        modules = []
-        for module in network.modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if own and all(id(p) in shared for p in own):
+        modules: list[nn.Module] = []
+
+        def visit(module: nn.Module) -> None:  # the largest sub-modules whose parameters are all shared
+            params = [p for p in module.parameters() if p.requires_grad]
+            if params and all(id(p) in shared for p in params):
                 modules.append(module)
-            elif any(id(p) in shared for p in own):
-                raise ValueError(f"module {type(module).__name__} mixes shared and task-specific parameters.")
+                return
+            if any(id(p) in shared for p in module.parameters(recurse=False) if p.requires_grad):
+                raise ValueError(f"use_autogram: {type(module).__name__} holds shared parameters itself and has "
+                                 "task-specific sub-modules; the autogram engine cannot separate them.")
+            for child in module.children():
+                visit(child)
+
+        visit(network)
         self._engine = Engine(*modules, batch_dim=None)
         self._other_params = [p for p in network.parameters() if p.requires_grad and id(p) not in shared]
 
