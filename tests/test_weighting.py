@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -440,7 +441,10 @@ def test_state_dict_round_trip(name):
     other_kwargs = {**({"seed": 99} if name in RANDOM else KWARGS.get(name, {})), **NEEDED.get(name, {})}
     restored = get_weighting(name, TASKS, **other_kwargs)
     fresh = get_weighting(name, TASKS, **other_kwargs)
-    restored.load_state_dict(copy.deepcopy(original.state_dict()))
+    buffer = io.BytesIO()  # through a file as a resume checkpoint, read back with weights_only as ResumeCheckpoint
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
 
     results = []
     for weighting in (original, restored, fresh):
