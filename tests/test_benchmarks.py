@@ -12,7 +12,14 @@ import math
 
 import pytest
 
-from benchmarks.cost import engine_seconds, measure_inference_time, measure_strategy, measure_throughput, ratio_row
+from benchmarks.cost import (
+    engine_seconds,
+    measure_inference_time,
+    measure_strategy,
+    measure_throughput,
+    measure_weighting_overhead,
+    ratio_row,
+)
 from benchmarks.quality import build_parser, comparison_rows, parse_strategy_overrides, run_benchmark, runs_table
 from benchmarks.results_page import main as results_page_main
 from benchmarks.runner import collect, write_csv
@@ -200,3 +207,9 @@ def test_results_page_from_csvs(tmp_path):
     assert "## Task affinity" in page and "0.1400" not in page and "0.140" in page
     assert (out.parent / "results" / "affinity.png").stat().st_size > 0
     assert list(csv.DictReader(open(out.parent / "results" / "quality.csv")))
+
+
+def test_weighting_overhead_rows():
+    rows = measure_weighting_overhead(["ew", "mgda"], size=16, batch=2, device="cpu", steps=1, warmup=0)
+    assert [(r["method"], r["autogram"]) for r in rows] == [("ew", False), ("mgda", False), ("mgda", True)]
+    assert rows[0]["vs_ew"] == 1.0 and all(r["step_s"] > 0 for r in rows)

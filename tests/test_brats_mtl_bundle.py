@@ -33,7 +33,7 @@ def test_train_writes_best_model_resume_state_and_task_logs(trained):
     assert {"network", "optimizer", "lr_scheduler", "weighting", "trainer"} <= set(state)
     assert _epoch(state) == 2
     # UW's log-variances were trained (moved away from their initial 0)
-    assert float(state["weighting"]["log_vars"].abs().sum()) > 0
+    assert float(state["weighting"]["scalarizer.log_var"].abs().sum()) > 0
     assert any((trained / "logs").iterdir()), "TensorBoard event files expected"
 
 

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _pyproject_requirements() -> dict[str, Requirement]:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = data["dependencies"] + data["optional-dependencies"]["test"] + data["optional-dependencies"]["tracking"]
+    reqs += data["optional-dependencies"]["solvers"]
     return {Requirement(r).name.lower(): Requirement(r) for r in reqs}
 
 
