@@ -13,14 +13,14 @@ from monai.bundle import ConfigParser
 
 from common.calibration import write_calibration
 from tests.bundle_cli import bundle_configs, bundle_names, evaluate_bundle, log_of, run_bundle
-from tests.bundle_specs import spec_of
+from tests.bundle_specs import CMR_FACTORS, spec_of
 
 # classification output -> its metric prefix in metrics.json (the binary factors of cmr_fundus: their own names)
-PREFIXES = {
+PREFIXES: dict[str, dict[str, str]] = {
     "brats_mtl": {"cls": "cls"},
     "glioma_seg_idh": {"idh": "idh"},
     "fundus_glaucoma": {"glaucoma": "glaucoma_head", "glaucoma_fused": "glaucoma", "glaucoma_vcdr": "glaucoma_vcdr"},
-    "cmr_fundus": None,
+    "cmr_fundus": {f.name: f.name for f in CMR_FACTORS if f.is_binary},
 }
 
 
@@ -33,7 +33,7 @@ def test_calibrate_evaluate_and_inference_use_temperatures(bundle, trained_bundl
     settings = {"dataset_dir": str(bundle_data(bundle)), "bundle_root": str(root), **spec.small}
     log = log_of(run_bundle(bundle, ["train.json", "calibrate.json"], settings))
     fitted = json.loads((root / "models" / "calibration.json").read_text())["outputs"]
-    prefixes = PREFIXES[bundle] or {name: name for name in fitted}
+    prefixes = PREFIXES[bundle]
     assert set(fitted) == set(prefixes), fitted
     for name, entry in fitted.items():
         assert entry["temperature"] > 0 and entry["n"] > 0
