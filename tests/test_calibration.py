@@ -171,6 +171,13 @@ def test_temperature_fitter_writes_file_and_logs(tmp_path, caplog):
     assert entry["temperature"] == pytest.approx(3.0, rel=0.1) and entry["n"] == 1990
     assert entry["nll_after"] < entry["nll_before"] and entry["ece_after"] < entry["ece_before"]
     assert "calibration of 'idh' on 1990 samples: temperature" in caplog.text
+    # one class only: the fit runs to the end of the range, and says so
+    engine = Engine(lambda e, b: b)
+    one_class = TemperatureFitter([{"name": "idh", "label_key": "idh"}], str(tmp_path / "one.json"), str(model))
+    one_class.attach(engine)
+    with caplog.at_level("WARNING"):
+        engine.run([_output(np.array([0.5, 1.0]), np.array([1.0, 1.0]))])
+    assert "one class only" in caplog.text and "at the end of the search range" in caplog.text
     with pytest.raises(ValueError, match="label_key"):
         TemperatureFitter([{"name": "idh"}], "c.json", "m.pt")
 

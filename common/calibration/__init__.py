@@ -6,6 +6,7 @@ from __future__ import annotations
 from .temperature import (
     ACTIVATIONS,
     CALIBRATION_FILE,
+    TEMPERATURE_RANGE,
     file_sha256,
     fit_temperature,
     negative_log_likelihood,
@@ -16,6 +17,7 @@ from .temperature import (
 __all__ = [
     "ACTIVATIONS",
     "CALIBRATION_FILE",
+    "TEMPERATURE_RANGE",
     "file_sha256",
     "fit_temperature",
     "negative_log_likelihood",

@@ -31,6 +31,7 @@ from ..errors import SettingsError
 __all__ = [
     "ACTIVATIONS",
     "CALIBRATION_FILE",
+    "TEMPERATURE_RANGE",
     "fit_temperature",
     "file_sha256",
     "negative_log_likelihood",
@@ -42,8 +43,9 @@ __all__ = [
 ACTIVATIONS = ("sigmoid", "softmax")
 #: The file name of the temperatures beside the model.
 CALIBRATION_FILE = "calibration.json"
-# search range of T (log-uniform); the fitted value is clipped to it
-_T_MIN, _T_MAX = 0.05, 20.0
+#: Search range of the temperature (searched over log T); the fitted value is clipped to it.
+TEMPERATURE_RANGE = (0.05, 20.0)
+_T_MIN, _T_MAX = TEMPERATURE_RANGE
 
 
 def _check_activation(activation: str) -> str:

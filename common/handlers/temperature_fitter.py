@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 
-from ..calibration import ACTIVATIONS, fit_temperature, negative_log_likelihood, write_calibration
+from ..calibration import ACTIVATIONS, TEMPERATURE_RANGE, fit_temperature, negative_log_likelihood, write_calibration
 from ..errors import DatasetError
 from ..metrics.calibration import expected_calibration_error
 
@@ -110,6 +110,9 @@ class TemperatureFitter:
                 logger.warning(f"output '{name}': the calibration split holds one class only; its temperature "
                                "only sharpens or softens towards it and means little.")
             t = fit_temperature(z, y, activation)
+            if not TEMPERATURE_RANGE[0] * 1.001 < t < TEMPERATURE_RANGE[1] * 0.999:
+                logger.warning(f"output '{name}': the fitted temperature {t:.4g} is at the end of the search range "
+                               f"{TEMPERATURE_RANGE} (too few or one-class samples?); check it before using it.")
             ece = [expected_calibration_error(*_probabilities(z, y, activation, s)) for s in (1.0, t)]
             nll = [negative_log_likelihood(z, y, activation, s) for s in (1.0, t)]
             self.results[name] = {
