@@ -4,7 +4,9 @@ inference.json scales the outputs by the fitted temperatures."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import shutil
 
 import pytest
@@ -22,6 +24,20 @@ PREFIXES: dict[str, dict[str, str]] = {
     "fundus_glaucoma": {"glaucoma": "glaucoma_head", "glaucoma_fused": "glaucoma", "glaucoma_vcdr": "glaucoma_vcdr"},
     "cmr_fundus": {f.name: f.name for f in CMR_FACTORS if f.is_binary},
 }
+# classification output -> its probability column in inference's predictions.csv
+COLUMNS: dict[str, dict[str, str]] = {
+    "brats_mtl": {"cls": "probability"},
+    "glioma_seg_idh": {"idh": "idh_probability"},
+    "fundus_glaucoma": {"glaucoma_fused": "glaucoma_probability", "glaucoma": "glaucoma_probability_head",
+                        "glaucoma_vcdr": "glaucoma_probability_vcdr"},
+    "cmr_fundus": {f.name: f"{f.name}_probability" for f in CMR_FACTORS if f.is_binary},
+}
+# the inference input inside the bundle's synthetic data set (cmr_fundus reads the photographs of one folder)
+INFERENCE_INPUT = {"cmr_fundus": "images"}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
 
 
 @pytest.mark.slow
@@ -61,6 +77,28 @@ def test_calibrate_evaluate_and_inference_use_temperatures(bundle, trained_bundl
         probs, raw = torch.sigmoid(scaled[name]), torch.sigmoid(logits[name])
         assert torch.allclose(scaled[name], logits[name] / entry["temperature"])
         assert entry["temperature"] == pytest.approx(1.0, abs=1e-3) or not torch.allclose(probs, raw)
+
+    # ... and a real inference run's probabilities are the uncalibrated ones (same model without the file) scaled
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "models", plain / "models", ignore=shutil.ignore_patterns("calibration.json"))
+    images = bundle_data(bundle) / INFERENCE_INPUT.get(bundle, "")
+    rows = {}
+    for name, bundle_root in (("calibrated", root), ("plain", plain)):
+        out = tmp_path / f"pred_{name}"
+        settings = {"dataset_dir": str(images), "bundle_root": str(bundle_root), "output_dir": str(out), **spec.small}
+        run_bundle(bundle, "inference.json", settings)
+        rows[name] = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows["calibrated"]) == len(rows["plain"]) > 0
+    changed = 0
+    for output, column in COLUMNS[bundle].items():
+        t = fitted[output]["temperature"]
+        for cal, raw in zip(rows["calibrated"], rows["plain"]):
+            if not raw[column] or not 0.01 < float(raw[column]) < 0.99:
+                continue  # no prediction (blank image), or too close to 0/1 for the CSV's rounding
+            expected = 1 / (1 + math.exp(-_logit(float(raw[column])) / t))
+            assert float(cal[column]) == pytest.approx(expected, abs=2e-3 / min(t, 1.0)), (output, cal, raw)
+            changed += abs(float(cal[column]) - float(raw[column])) > 1e-4
+    assert changed or all(f["temperature"] == pytest.approx(1.0, abs=1e-2) for f in fitted.values())
 
 
 @pytest.mark.slow
