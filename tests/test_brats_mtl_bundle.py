@@ -15,7 +15,10 @@ from tests.bundle_specs import SPECS
 BUNDLE = "brats_mtl"
 CFG = bundle_configs(BUNDLE)
 SMALL = SPECS[BUNDLE].small
-METRIC_KEYS = {"cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "mim_mse", "n_slices", "n_cases"}
+METRIC_KEYS = {
+    "cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "cls_ece", "cls_brier",
+    "mim_mse", "n_slices", "n_cases",
+}
 
 
 def _epoch(state: dict) -> int:
