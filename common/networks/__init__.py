@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 from .multitask import MultiTaskNet
-from .sepl import SEPL_ARCHITECTURES, FactorHead, GatedFactorHead, PriorExpert, SePLNet
+from .param_groups import encoder_of, encoder_param_groups
+from .pretrained import (
+    KEY_MAPS,
+    PretrainedReport,
+    load_pretrained,
+    load_pretrained_weights,
+    read_state_dict,
+    register_key_map,
+    timm_vit_to_monai,
+)
+from .sepl import (
+    SEPL_ARCHITECTURES,
+    TORCHVISION_RESNETS,
+    FactorHead,
+    GatedFactorHead,
+    PriorExpert,
+    SePLNet,
+    torchvision_resnet,
+)
 from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout
 
 __all__ = [
+    "KEY_MAPS",
     "SEPL_ARCHITECTURES",
+    "TORCHVISION_RESNETS",
     "FactorHead",
     "GatedFactorHead",
     "MultiTaskNet",
+    "PretrainedReport",
     "PriorExpert",
     "SePLNet",
     "UNetEncoder",
@@ -19,4 +40,12 @@ __all__ = [
     "ViTClassifierMIM",
     "ViTEncoder",
     "attention_rollout",
+    "encoder_of",
+    "encoder_param_groups",
+    "load_pretrained",
+    "load_pretrained_weights",
+    "read_state_dict",
+    "register_key_map",
+    "timm_vit_to_monai",
+    "torchvision_resnet",
 ]

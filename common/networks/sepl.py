@@ -18,7 +18,15 @@ from torch import nn
 
 from ..data.factors import Factor, FactorTable
 
-__all__ = ["SEPL_ARCHITECTURES", "FactorHead", "GatedFactorHead", "PriorExpert", "SePLNet"]
+__all__ = [
+    "SEPL_ARCHITECTURES",
+    "TORCHVISION_RESNETS",
+    "FactorHead",
+    "GatedFactorHead",
+    "PriorExpert",
+    "SePLNet",
+    "torchvision_resnet",
+]
 
 SEPL_ARCHITECTURES = ("sepl", "independent", "moe")
 
@@ -105,6 +113,35 @@ def _fundus_encoder(in_channels: int, channels: Sequence[int], layers: Sequence[
     )
 
 
+#: ResNets with torchvision's layout and key names (7x7 stride-2 stem, max pooling, 1x1 convolution shortcuts
+#: without bias): name -> (block, blocks per stage). A torchvision / timm ImageNet checkpoint loads into them.
+TORCHVISION_RESNETS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+def torchvision_resnet(name: str, in_channels: int = 3, spatial_dims: int = 2) -> ResNet:
+    """A MONAI ResNet with the layout and key names of torchvision's ``name`` (``conv1``, ``bn1``, ``layer1.0...``,
+    no ``fc``), returning pooled features (``in_planes`` of them: 512 or 2048), for ImageNet weights."""
+    if name not in TORCHVISION_RESNETS:
+        raise ValueError(f"backbone must be one of {sorted(TORCHVISION_RESNETS)}, got {name!r}.")
+    block, layers = TORCHVISION_RESNETS[name]
+    return ResNet(
+        block=block,
+        layers=list(layers),
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type="B",
+        bias_downsample=False,
+        feed_forward=False,
+    )
+
+
 class SePLNet(nn.Module):
     """Risk factors from one image: ``forward(x)`` returns ``{factor: (B, 1)}`` for every factor of the table,
     logits for binary factors and values in original units for regression factors.
@@ -121,6 +158,9 @@ class SePLNet(nn.Module):
         expert_dim: output size of an expert.
         hidden_dim: hidden size of the experts' branches and of the independent heads.
         dropout: dropout on the pooled image features (training only).
+        backbone: None for the small encoder of ``encoder_channels``/``encoder_layers``, or ``"resnet18"``,
+            ``"resnet34"``, ``"resnet50"``: torchvision's layout, for ImageNet weights (see
+            :func:`torchvision_resnet` and :func:`~common.networks.load_pretrained`).
     """
 
     def __init__(
@@ -134,6 +174,7 @@ class SePLNet(nn.Module):
         expert_dim: int = 64,
         hidden_dim: int = 64,
         dropout: float = 0.2,
+        backbone: Optional[str] = None,
     ) -> None:
         super().__init__()
         if architecture not in SEPL_ARCHITECTURES:
@@ -147,8 +188,11 @@ class SePLNet(nn.Module):
         table = FactorTable(factors)
         self.architecture = architecture
         self.factor_names = table.names
-        self.encoder = _fundus_encoder(in_channels, encoder_channels, encoder_layers)
-        feat = int(encoder_channels[-1])
+        if backbone:
+            self.encoder = torchvision_resnet(backbone, in_channels)
+        else:
+            self.encoder = _fundus_encoder(in_channels, encoder_channels, encoder_layers)
+        feat = int(self.encoder.in_planes)  # channels of the last stage
         self.dropout = nn.Dropout(dropout)
 
         def head(f: Factor, in_features: int, hidden: int = 0) -> FactorHead:
@@ -191,6 +235,10 @@ class SePLNet(nn.Module):
             for name, gated_head in self.gated_heads.items():
                 out[name] = gated_head(experts, gate_input)[1]
         return out
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the image ``encoder`` (the part pretrained weights usually fit)."""
+        return self.encoder.parameters()
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters used by every factor: the encoder's and the experts'."""
