@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
 from torch import nn
 
 from common.errors import SettingsError
@@ -22,6 +23,8 @@ from common.networks import (
     load_pretrained_weights,
     read_state_dict,
 )
+from tests.bundle_cli import bundle_configs, bundle_names, log_of, run_bundle
+from tests.bundle_specs import QUICK
 
 
 def _net(seed: int = 0) -> UNetSegClassifier:
@@ -286,12 +289,15 @@ def test_encoder_lr_scale_groups() -> None:
     net = _net()
     extra = [nn.Parameter(torch.zeros(2))]
     groups = encoder_param_groups(net, lr=1e-3, encoder_lr_scale=0.1, extra=extra)
-    assert [g["name"] for g in groups] == ["encoder", "other"]
-    assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == pytest.approx(1e-3)
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in net.encoder_parameters()}
+    assert [g["name"] for g in groups] == ["other", "encoder"]
+    assert groups[0]["lr"] == pytest.approx(1e-3) and groups[1]["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.encoder_parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters())) + 1  # every parameter, once
     opt = torch.optim.AdamW(groups, lr=1e-3)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-4])
+    # no scaling: one group of every parameter, as network.parameters() (older resume checkpoints still load)
+    single = encoder_param_groups(net, lr=1e-3, extra=extra)
+    assert len(single) == 1 and single[0]["params"] == list(net.parameters()) + extra
 
 
 def test_layer_decay_groups_for_a_vit() -> None:
@@ -356,3 +362,37 @@ def test_freeze_encoder_after_resume_is_trainable() -> None:
     assert all(p.requires_grad for p in net.heads.parameters())
     with pytest.raises(ValueError, match="epochs"):
         FreezeEncoder(net, -1)
+
+
+# --- bundles: --pretrained in every train.json ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_bundle_trains_from_pretrained_weights(bundle: str, bundle_data, tmp_path: Path) -> None:
+    """Each bundle trains a tiny run from a checkpoint of its own ``network_def`` (random weights, the file layout
+    of a timm / RETFound checkpoint: ``{"model": ...}``): the whole network loads, reported in the log, with the
+    encoder frozen for the first epoch and trained at a tenth of the learning rate afterwards."""
+    quick = QUICK[bundle]
+    parser = ConfigParser()
+    parser.read_config(str(bundle_configs(bundle) / "train.json"))
+    parser.update({k: v for k, v in quick.items()})
+    net = parser.get_parsed_content("network_def")
+    n_tensors = len(net.state_dict())
+    weights = tmp_path / "pretrained.pt"
+    torch.save({"model": _random_like(net), "epoch": 1}, weights)
+    overrides = {"dataset_dir": str(bundle_data(bundle)), "bundle_root": str(tmp_path / "root"), **quick,
+                 "epochs": 2, "pretrained": str(weights), "pretrained_target": "network",
+                 "freeze_encoder_epochs": 1, "encoder_lr_scale": 0.1}
+    log = log_of(run_bundle(bundle, "train.json", overrides))
+    assert f"pretrained weights {weights} (checkpoint dict, key 'model') -> network: loaded {n_tensors} tensors" in log
+    assert "epoch 1: encoder 'encoder'" in log and "frozen for epochs 1-1" in log, log[-3000:]
+    assert "epoch 2: encoder 'encoder'" in log and "trainable" in log, log[-3000:]
+    # a file of another network: one clear error naming the file, the run ends with exit 1
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(3)}}, other)
+    proc = run_bundle(bundle, "train.json", {**overrides, "bundle_root": str(tmp_path / "bad"),
+                                             "pretrained": str(other)}, check=False)
+    assert proc.returncode == 1
+    last = log_of(proc).strip().splitlines()[-1]
+    assert last.startswith("SettingsError: pretrained weights") and str(other) in last and "no tensor matched" in last

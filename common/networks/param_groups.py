@@ -43,8 +43,10 @@ def encoder_param_groups(
     loss weighting's) at ``lr``.
 
     Every parameter is in a group, trainable or not, so an encoder frozen for the first epochs (see
-    :class:`~common.handlers.FreezeEncoder`) is trained once unfrozen. Each group has a ``"name"`` (``"encoder"``,
-    ``"encoder_layer_<i>"``, ``"other"``) and an ``"lr"``; the optimiser's other settings apply to all groups.
+    :class:`~common.handlers.FreezeEncoder`) is trained once unfrozen. Each group has a ``"name"`` (``"other"``
+    first, so ``param_groups[0]`` has the base rate; then ``"encoder"`` or ``"encoder_layer_<i>"``) and an
+    ``"lr"``; the optimiser's other settings apply to all groups. With ``encoder_lr_scale`` and ``layer_decay`` 1
+    there is one group ``"all"``, as ``network.parameters()`` gave before (so older resume checkpoints still load).
 
     Args:
         network: the network (a DDP wrapper is looked through).
@@ -62,7 +64,10 @@ def encoder_param_groups(
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}.")
     enc = encoder_of(network, encoder)
+    core = submodule(network, None)
     seen: set[int] = set()
+    if encoder_lr_scale == 1 and layer_decay == 1:
+        return [{"name": "all", "params": _unique(list(core.parameters()) + list(extra), seen), "lr": lr}]
     groups: list[dict[str, Any]] = []
     named = list(enc.named_parameters())
     if layer_decay < 1:
@@ -82,7 +87,6 @@ def encoder_param_groups(
             groups.append({"name": f"encoder_layer_{layer}", "params": params, "lr": lr * scale})
     else:
         groups.append({"name": "encoder", "params": _unique((p for _, p in named), seen), "lr": lr * encoder_lr_scale})
-    core = submodule(network, None)
     others = _unique(list(core.parameters()) + list(extra), seen)
-    groups.append({"name": "other", "params": others, "lr": lr})
+    groups.insert(0, {"name": "other", "params": others, "lr": lr})
     return [g for g in groups if g["params"]]

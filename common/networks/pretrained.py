@@ -276,6 +276,10 @@ def load_pretrained(
     ``network``, for configs: ``"$common.networks.load_pretrained(@network_def, @pretrained, ...)"``. With ``path``
     None or ``""`` the network is returned unchanged."""
     if path is not None and str(path).strip() not in ("", "None", "null"):
+        if isinstance(strict, str):  # a command-line override such as --pretrained_strict false
+            strict = strict.strip().lower() not in ("false", "0", "no")
+        prefix = None if prefix in ("None", "null") else prefix
+        key_map = None if key_map in ("", "None", "null") else key_map
         load_pretrained_weights(network, path, target, prefix, key_map, strict)
     return network
 
