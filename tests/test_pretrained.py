@@ -119,23 +119,52 @@ def _torchvision_resnet18_names() -> dict[str, tuple[int, ...]]:
     return names
 
 
-def test_torchvision_resnet18_checkpoint_loads_into_the_backbone_encoder(tmp_path: Path) -> None:
+def _sepl_resnet18() -> nn.Module:
     from common.networks import SePLNet
 
+    factors = [{"name": "age", "kind": "regression", "stage": "prior"},
+               {"name": "sbp", "kind": "regression", "stage": "complex"}]
+    return SePLNet(factors, backbone="resnet18")
+
+
+BACKBONE_NETWORKS = {
+    "sepl": (_sepl_resnet18, {"sbp": (2, 1)}),
+    "unet_seg_cls": (lambda: UNetSegClassifier(3, 2, backbone="resnet18"), {"seg": (2, 2, 64, 64), "cls": (2, 1)}),
+}
+
+
+@pytest.mark.parametrize("network", sorted(BACKBONE_NETWORKS))
+def test_torchvision_resnet18_checkpoint_loads_into_the_backbone_encoder(tmp_path: Path, network: str) -> None:
     gen = torch.Generator().manual_seed(0)
     names = _torchvision_resnet18_names()
     written = {k: (torch.randint(0, 9, s, generator=gen) if k.endswith("num_batches_tracked") else
                    torch.randn(s, generator=gen)) for k, s in names.items()}
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(written, path)
-    factors = [{"name": "age", "kind": "regression", "stage": "prior"},
-               {"name": "sbp", "kind": "regression", "stage": "complex"}]
-    net = SePLNet(factors, backbone="resnet18")
+    build, shapes = BACKBONE_NETWORKS[network]
+    net = build()
     report = load_pretrained_weights(net, path, target="encoder")
     assert report.unexpected == ["fc.weight", "fc.bias"] and not report.missing and not report.mismatched
     _assert_loaded(net.encoder, {k: v for k, v in written.items() if not k.startswith("fc.")})
-    out = net(torch.rand(2, 3, 64, 64))
-    assert out["sbp"].shape == (2, 1)
+    out = net.eval()(torch.rand(2, 3, 64, 64))
+    for name, shape in shapes.items():
+        assert out[name].shape == shape, name
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "efficientnet-b0"])
+def test_other_backbones_build_and_reload(tmp_path: Path, backbone: str) -> None:
+    net = UNetSegClassifier(3, 2, num_classes=1, backbone=backbone, seg_task="seg", cls_task="glaucoma").eval()
+    assert net.size_divisor == 32
+    out = net(torch.rand(1, 3, 64, 64))
+    assert out["seg"].shape == (1, 2, 64, 64) and out["glaucoma"].shape == (1, 1)
+    expected = _random_like(net.encoder)
+    path = tmp_path / "encoder.pt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in expected.items()}}, path)
+    other = UNetSegClassifier(3, 2, backbone=backbone)
+    load_pretrained_weights(other, path, target="encoder")  # 'backbone.' prefix found
+    _assert_loaded(other.encoder, expected)
+    with pytest.raises(ValueError, match="backbone"):
+        UNetSegClassifier(3, 2, backbone="vgg16")
 
 
 def test_timm_vit_checkpoint_loads_with_the_key_map(tmp_path: Path) -> None:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from .backbones import (
+    TORCHVISION_RESNETS,
+    BackboneSegDecoder,
+    ResNetFeatureMaps,
+    backbone_names,
+    backbone_unet,
+    torchvision_resnet,
+)
 from .multitask import MultiTaskNet
 from .param_groups import encoder_of, encoder_param_groups
 from .pretrained import (
@@ -13,19 +21,15 @@ from .pretrained import (
     register_key_map,
     timm_vit_to_monai,
 )
-from .sepl import (
-    SEPL_ARCHITECTURES,
-    TORCHVISION_RESNETS,
-    FactorHead,
-    GatedFactorHead,
-    PriorExpert,
-    SePLNet,
-    torchvision_resnet,
-)
+from .sepl import SEPL_ARCHITECTURES, FactorHead, GatedFactorHead, PriorExpert, SePLNet
 from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout
 
 __all__ = [
+    "BackboneSegDecoder",
+    "ResNetFeatureMaps",
+    "backbone_names",
+    "backbone_unet",
     "KEY_MAPS",
     "SEPL_ARCHITECTURES",
     "TORCHVISION_RESNETS",

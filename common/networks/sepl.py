@@ -17,15 +17,14 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from ..data.factors import Factor, FactorTable
+from .backbones import torchvision_resnet
 
 __all__ = [
     "SEPL_ARCHITECTURES",
-    "TORCHVISION_RESNETS",
     "FactorHead",
     "GatedFactorHead",
     "PriorExpert",
     "SePLNet",
-    "torchvision_resnet",
 ]
 
 SEPL_ARCHITECTURES = ("sepl", "independent", "moe")
@@ -109,35 +108,6 @@ def _fundus_encoder(in_channels: int, channels: Sequence[int], layers: Sequence[
         spatial_dims=2,
         n_input_channels=in_channels,
         conv1_t_stride=2,
-        feed_forward=False,
-    )
-
-
-#: ResNets with torchvision's layout and key names (7x7 stride-2 stem, max pooling, 1x1 convolution shortcuts
-#: without bias): name -> (block, blocks per stage). A torchvision / timm ImageNet checkpoint loads into them.
-TORCHVISION_RESNETS = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-}
-
-
-def torchvision_resnet(name: str, in_channels: int = 3, spatial_dims: int = 2) -> ResNet:
-    """A MONAI ResNet with the layout and key names of torchvision's ``name`` (``conv1``, ``bn1``, ``layer1.0...``,
-    no ``fc``), returning pooled features (``in_planes`` of them: 512 or 2048), for ImageNet weights."""
-    if name not in TORCHVISION_RESNETS:
-        raise ValueError(f"backbone must be one of {sorted(TORCHVISION_RESNETS)}, got {name!r}.")
-    block, layers = TORCHVISION_RESNETS[name]
-    return ResNet(
-        block=block,
-        layers=list(layers),
-        block_inplanes=[64, 128, 256, 512],
-        spatial_dims=spatial_dims,
-        n_input_channels=in_channels,
-        conv1_t_size=7,
-        conv1_t_stride=2,
-        shortcut_type="B",
-        bias_downsample=False,
         feed_forward=False,
     )
 
