@@ -167,25 +167,31 @@ def test_other_backbones_build_and_reload(tmp_path: Path, backbone: str) -> None
         UNetSegClassifier(3, 2, backbone="vgg16")
 
 
-def test_timm_vit_checkpoint_loads_with_the_key_map(tmp_path: Path) -> None:
-    """A small random ViT (depth 2, dim 64) written with timm / RETFound names (an MAE checkpoint: decoder keys
-    too) loads into the ViT encoder with ``key_map="timm_vit"``; every tensor lands where timm's layout says."""
+def _timm_vit(dim: int, depth: int, n_patches: int, mlp: int, patch: int = 16) -> dict[str, torch.Tensor]:
+    """Random weights with the key names and shapes of a timm / MAE ViT of RGB input, with an MAE decoder's keys."""
     gen = torch.Generator().manual_seed(0)
-    dim, depth, n = 64, 2, 16
 
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)
 
-    timm = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 1 + n, dim), "patch_embed.proj.weight": r(dim, 3, 8, 8),
-            "patch_embed.proj.bias": r(dim), "norm.weight": r(dim), "norm.bias": r(dim),
-            "decoder_embed.weight": r(32, dim), "mask_token": r(1, 1, 32)}
+    timm = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 1 + n_patches, dim),
+            "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim),
+            "norm.weight": r(dim), "norm.bias": r(dim), "decoder_embed.weight": r(32, dim), "mask_token": r(1, 1, 32)}
     for i in range(depth):
         timm.update({f"blocks.{i}.norm1.weight": r(dim), f"blocks.{i}.norm1.bias": r(dim),
                      f"blocks.{i}.attn.qkv.weight": r(3 * dim, dim), f"blocks.{i}.attn.qkv.bias": r(3 * dim),
                      f"blocks.{i}.attn.proj.weight": r(dim, dim), f"blocks.{i}.attn.proj.bias": r(dim),
                      f"blocks.{i}.norm2.weight": r(dim), f"blocks.{i}.norm2.bias": r(dim),
-                     f"blocks.{i}.mlp.fc1.weight": r(128, dim), f"blocks.{i}.mlp.fc1.bias": r(128),
-                     f"blocks.{i}.mlp.fc2.weight": r(dim, 128), f"blocks.{i}.mlp.fc2.bias": r(dim)})
+                     f"blocks.{i}.mlp.fc1.weight": r(mlp, dim), f"blocks.{i}.mlp.fc1.bias": r(mlp),
+                     f"blocks.{i}.mlp.fc2.weight": r(dim, mlp), f"blocks.{i}.mlp.fc2.bias": r(dim)})
+    return timm
+
+
+def test_timm_vit_checkpoint_loads_with_the_key_map(tmp_path: Path) -> None:
+    """A small random ViT (depth 2, dim 64) written with timm / RETFound names (an MAE checkpoint: decoder keys
+    too) loads into the ViT encoder with ``key_map="timm_vit"``; every tensor lands where timm's layout says."""
+    dim, depth, n = 64, 2, 16
+    timm = _timm_vit(dim, depth, n, mlp=128, patch=8)
     path = tmp_path / "RETFound_mae_tiny.pth"
     torch.save({"model": timm, "epoch": 1}, path)
     net = _vit(depth)
@@ -213,6 +219,25 @@ def test_timm_vit_checkpoint_loads_with_the_key_map(tmp_path: Path) -> None:
     torch.save({"model": timm}, path)
     with pytest.raises(SettingsError, match="blocks.1.attn.qkv.weight"):  # strict: a missing tensor is an error
         load_pretrained_weights(_vit(depth), path, target="encoder", key_map="timm_vit")
+
+
+def test_retfound_layout_loads_into_the_fundus_vit_backbone(tmp_path: Path) -> None:
+    """RETFound's layout (``{"model": timm ViT + MAE decoder}``) into SePLNet's ViT backbone (timm's ViT-Ti/16 sizes
+    here; RETFound is ``vit_large_patch16`` at 224 px), strict, then fine-tuned with layer-wise decay."""
+    from common.networks import SePLNet
+
+    timm = _timm_vit(192, 12, (32 // 16) ** 2, mlp=768)
+    path = tmp_path / "RETFound_cfp_weights.pth"
+    torch.save({"model": timm}, path)
+    factors = [{"name": "age", "kind": "regression", "stage": "prior"},
+               {"name": "sbp", "kind": "regression", "stage": "complex"}]
+    net = SePLNet(factors, backbone="vit_tiny_patch16", image_size=32)
+    report = load_pretrained_weights(net, path, target="encoder", key_map="timm_vit")
+    assert not report.missing and len(report.loaded) == len(timm) - 2 + 1  # pos_embed split in two, MAE keys unused
+    assert torch.equal(net.encoder.blocks[11].mlp.linear2.weight, timm["blocks.11.mlp.fc2.weight"])
+    groups = encoder_param_groups(net, lr=1.0, layer_decay=0.65)
+    assert len(groups) == 1 + 14 and min(g["lr"] for g in groups) == pytest.approx(0.65 ** 13)
+    assert net.eval()(torch.rand(2, 3, 32, 32))["sbp"].shape == (2, 1)
 
 
 def test_regex_key_map_and_explicit_prefix(tmp_path: Path) -> None:

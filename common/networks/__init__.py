@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .backbones import (
     TORCHVISION_RESNETS,
+    VIT_BACKBONES,
     BackboneSegDecoder,
+    PooledViTEncoder,
     ResNetFeatureMaps,
     backbone_names,
     backbone_unet,
+    image_encoder,
     torchvision_resnet,
 )
 from .multitask import MultiTaskNet
@@ -26,6 +29,9 @@ from .unet_seg_cls import UNetEncoder, UNetSegClassifier
 from .vit_mim import ViTClassifierMIM, ViTEncoder, attention_rollout
 
 __all__ = [
+    "VIT_BACKBONES",
+    "PooledViTEncoder",
+    "image_encoder",
     "BackboneSegDecoder",
     "ResNetFeatureMaps",
     "backbone_names",

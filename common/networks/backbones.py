@@ -11,8 +11,10 @@ from monai.networks.nets import FlexibleUNet, ResNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
-__all__ = ["TORCHVISION_RESNETS", "BackboneSegDecoder", "ResNetFeatureMaps", "backbone_names", "backbone_unet",
-           "torchvision_resnet"]
+from .vit_mim import ViTEncoder
+
+__all__ = ["TORCHVISION_RESNETS", "VIT_BACKBONES", "BackboneSegDecoder", "PooledViTEncoder", "ResNetFeatureMaps",
+           "backbone_names", "backbone_unet", "image_encoder", "torchvision_resnet"]
 
 #: ResNets with torchvision's layout and key names (7x7 stride-2 stem, max pooling, 1x1 convolution shortcuts
 #: without bias): name -> (block, blocks per stage). A torchvision / timm ImageNet checkpoint loads into them.
@@ -101,3 +103,38 @@ def backbone_unet(
         encoder = unet.encoder
         deepest = int(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1])
     return encoder, BackboneSegDecoder(unet), deepest
+
+
+#: ViTs with 16-pixel patches of timm's sizes: name -> (hidden size, layers, heads); MLP 4x hidden. With
+#: ``key_map="timm_vit"`` a timm / MAE checkpoint loads into them (RETFound: ``vit_large_patch16``).
+VIT_BACKBONES = {
+    "vit_tiny_patch16": (192, 12, 3),
+    "vit_small_patch16": (384, 12, 6),
+    "vit_base_patch16": (768, 12, 12),
+    "vit_large_patch16": (1024, 24, 16),
+}
+
+
+class PooledViTEncoder(ViTEncoder):
+    """:class:`~common.networks.ViTEncoder` (same key names) returning the normalised CLS token ``(B, hidden)``;
+    ``in_planes`` is its size, as for the ResNet encoders."""
+
+    def __init__(self, name: str, in_channels: int, img_size: int | Sequence[int]) -> None:
+        if name not in VIT_BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(VIT_BACKBONES)}, got {name!r}.")
+        hidden, layers, heads = VIT_BACKBONES[name]
+        super().__init__(in_channels, img_size, 16, hidden, 4 * hidden, layers, heads)
+        self.in_planes = hidden
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, token_mask)[:, 0]
+
+
+def image_encoder(name: str, in_channels: int = 3, img_size: int | Sequence[int] = 224) -> nn.Module:
+    """A pretrainable encoder returning pooled features ``(B, in_planes)``: a torchvision-layout ResNet
+    (:data:`TORCHVISION_RESNETS`) or a ViT (:data:`VIT_BACKBONES`, ``img_size`` divisible by 16)."""
+    if name in TORCHVISION_RESNETS:
+        return torchvision_resnet(name, in_channels)
+    if name in VIT_BACKBONES:
+        return PooledViTEncoder(name, in_channels, img_size)
+    raise ValueError(f"backbone must be one of {sorted(TORCHVISION_RESNETS) + sorted(VIT_BACKBONES)}, got {name!r}.")

@@ -17,7 +17,7 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from ..data.factors import Factor, FactorTable
-from .backbones import torchvision_resnet
+from .backbones import image_encoder
 
 __all__ = [
     "SEPL_ARCHITECTURES",
@@ -128,9 +128,11 @@ class SePLNet(nn.Module):
         expert_dim: output size of an expert.
         hidden_dim: hidden size of the experts' branches and of the independent heads.
         dropout: dropout on the pooled image features (training only).
-        backbone: None for the small encoder of ``encoder_channels``/``encoder_layers``, or ``"resnet18"``,
-            ``"resnet34"``, ``"resnet50"``: torchvision's layout, for ImageNet weights (see
-            :func:`torchvision_resnet` and :func:`~common.networks.load_pretrained`).
+        backbone: None for the small encoder of ``encoder_channels``/``encoder_layers``, or a pretrainable encoder
+            (see :func:`~common.networks.image_encoder`): ``"resnet18"``, ``"resnet34"``, ``"resnet50"``
+            (torchvision's layout, for ImageNet weights) or ``"vit_base_patch16"``, ``"vit_large_patch16"``, ...
+            (for timm / RETFound weights with ``pretrained_key_map`` ``"timm_vit"``).
+        image_size: input size of a ViT backbone (divisible by 16); not used otherwise.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class SePLNet(nn.Module):
         hidden_dim: int = 64,
         dropout: float = 0.2,
         backbone: Optional[str] = None,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         if architecture not in SEPL_ARCHITECTURES:
@@ -159,7 +162,7 @@ class SePLNet(nn.Module):
         self.architecture = architecture
         self.factor_names = table.names
         if backbone:
-            self.encoder = torchvision_resnet(backbone, in_channels)
+            self.encoder = image_encoder(backbone, in_channels, image_size)
         else:
             self.encoder = _fundus_encoder(in_channels, encoder_channels, encoder_layers)
         feat = int(self.encoder.in_planes)  # channels of the last stage
