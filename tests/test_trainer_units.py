@@ -121,11 +121,12 @@ def test_find_resume_checkpoint_needs_matching_signature(tmp_path):
 def test_frozen_encoder_with_every_weighting_trains_the_heads(weighting):
     """An encoder frozen for fine-tuning leaves no shared parameter to combine task gradients over: the heads
     still train (each on its own task), the encoder stays unchanged."""
-    from common.handlers import FreezeEncoder
+    from common.handlers import FreezeEncoder, TaskAffinity
 
     net = RecordingNet()
     tr = _trainer(net, weighting=weighting, epochs=2)
     FreezeEncoder(net, 2).attach(tr)
+    TaskAffinity(interval=1).attach(tr)  # nothing shared to measure: skipped, not an error
     encoder = {k: v.clone() for k, v in net.encoder.state_dict().items()}
     heads = {k: v.clone() for k, v in net.heads.state_dict().items()}
     tr.run()
