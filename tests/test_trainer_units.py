@@ -122,3 +122,20 @@ def test_find_resume_checkpoint_needs_matching_signature(tmp_path):
     (tmp_path / SIGNATURE_FILE).write_text(json.dumps({"a": 1}))
     assert find_resume_checkpoint(str(tmp_path), {"a": 1}).endswith("epoch=10.pt")  # numeric, not lexical order
     assert find_resume_checkpoint(str(tmp_path), {"a": 2}) is None
+
+
+@pytest.mark.parametrize("weighting", ["pcgrad", "cagrad", "imtl", "gradnorm", "ew"])
+def test_frozen_encoder_with_every_weighting_trains_the_heads(weighting):
+    """An encoder frozen for fine-tuning leaves no shared parameter to combine task gradients over: the heads
+    still train (each on its own task), the encoder stays unchanged."""
+    from common.handlers import FreezeEncoder, TaskAffinity
+
+    net = RecordingNet()
+    tr = _trainer(net, weighting=weighting, epochs=2)
+    FreezeEncoder(net, 2).attach(tr)
+    TaskAffinity(interval=1).attach(tr)  # nothing shared to measure: skipped, not an error
+    encoder = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    heads = {k: v.clone() for k, v in net.heads.state_dict().items()}
+    tr.run()
+    assert all(torch.equal(v, encoder[k]) for k, v in net.encoder.state_dict().items())
+    assert all(not torch.equal(v, heads[k]) for k, v in net.heads.state_dict().items() if k.endswith("weight"))

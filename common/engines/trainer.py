@@ -131,13 +131,21 @@ class MultiTaskTrainer(SupervisedTrainer):
         with ctx:
             preds = engine.inferer(inputs, engine.network, *args, **kwargs)
             losses = engine.loss_function(preds, targets, tasks=self.active_tasks)
-            if losses:
-                weights = self.weighting.backward(losses, self.shared_parameters())
+            shared = self.shared_parameters()
+            if losses and self.weighting.needs_task_gradients and not shared:
+                # nothing shared is trainable (an encoder frozen for fine-tuning): no task gradients to combine,
+                # each head gets its own task's gradient
+                torch.stack(list(losses.values())).sum().backward()
+                weights = {task: 1.0 for task in losses}
+            elif losses:
+                weights = self.weighting.backward(losses, shared)
             else:
                 weights = {}
         if manual_sync:
             world = dist.get_world_size()
             for p in engine.network.parameters():
+                if not p.requires_grad:  # frozen on every rank alike: no gradient, so the optimiser skips it
+                    continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)

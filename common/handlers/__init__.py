@@ -16,6 +16,7 @@ from .case_results import (
 from .checked_loader import CheckedCheckpointLoader, check_model_settings, read_training_json
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
 from .factor_predictions import FactorPredictionWriter
+from .freeze_encoder import FreezeEncoder
 from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .pacs_export import PacsExportHandler
@@ -39,6 +40,7 @@ __all__ = [
     "CheckedCheckpointLoader",
     "DicomResultWriter",
     "FactorPredictionWriter",
+    "FreezeEncoder",
     "FundusPredictionWriter",
     "Measurement",
     "MetricsJSONWriter",

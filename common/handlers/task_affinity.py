@@ -84,6 +84,8 @@ class TaskAffinity:
         )
         inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
         params = engine.shared_parameters() if hasattr(engine, "shared_parameters") else list(core.parameters())
+        if not params:  # nothing shared is trainable (an encoder frozen for fine-tuning): no affinity to measure
+            return
         active = list(getattr(engine, "active_tasks", []) or [])
         was_training = core.training
         core.eval()

@@ -37,6 +37,10 @@ class MultiTaskNet(nn.Module):
         """Parameters shared by every task (the encoder's)."""
         return self.encoder.parameters()
 
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the ``encoder`` submodule (the part pretrained weights usually fit)."""
+        return self.encoder.parameters()
+
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         """Parameters of one task's head."""
         if task not in self.heads:

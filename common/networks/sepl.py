@@ -17,8 +17,15 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from ..data.factors import Factor, FactorTable
+from .backbones import image_encoder
 
-__all__ = ["SEPL_ARCHITECTURES", "FactorHead", "GatedFactorHead", "PriorExpert", "SePLNet"]
+__all__ = [
+    "SEPL_ARCHITECTURES",
+    "FactorHead",
+    "GatedFactorHead",
+    "PriorExpert",
+    "SePLNet",
+]
 
 SEPL_ARCHITECTURES = ("sepl", "independent", "moe")
 
@@ -121,6 +128,11 @@ class SePLNet(nn.Module):
         expert_dim: output size of an expert.
         hidden_dim: hidden size of the experts' branches and of the independent heads.
         dropout: dropout on the pooled image features (training only).
+        backbone: None for the small encoder of ``encoder_channels``/``encoder_layers``, or a pretrainable encoder
+            (see :func:`~common.networks.image_encoder`): ``"resnet18"``, ``"resnet34"``, ``"resnet50"``
+            (torchvision's layout, for ImageNet weights) or ``"vit_base_patch16"``, ``"vit_large_patch16"``, ...
+            (for timm / RETFound weights with ``pretrained_key_map`` ``"timm_vit"``).
+        image_size: input size of a ViT backbone (divisible by 16); not used otherwise.
     """
 
     def __init__(
@@ -134,6 +146,8 @@ class SePLNet(nn.Module):
         expert_dim: int = 64,
         hidden_dim: int = 64,
         dropout: float = 0.2,
+        backbone: Optional[str] = None,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         if architecture not in SEPL_ARCHITECTURES:
@@ -147,8 +161,11 @@ class SePLNet(nn.Module):
         table = FactorTable(factors)
         self.architecture = architecture
         self.factor_names = table.names
-        self.encoder = _fundus_encoder(in_channels, encoder_channels, encoder_layers)
-        feat = int(encoder_channels[-1])
+        if backbone:
+            self.encoder = image_encoder(backbone, in_channels, image_size)
+        else:
+            self.encoder = _fundus_encoder(in_channels, encoder_channels, encoder_layers)
+        feat = int(self.encoder.in_planes)  # channels of the last stage
         self.dropout = nn.Dropout(dropout)
 
         def head(f: Factor, in_features: int, hidden: int = 0) -> FactorHead:
@@ -191,6 +208,10 @@ class SePLNet(nn.Module):
             for name, gated_head in self.gated_heads.items():
                 out[name] = gated_head(experts, gate_input)[1]
         return out
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the image ``encoder`` (the part pretrained weights usually fit)."""
+        return self.encoder.parameters()
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters used by every factor: the encoder's and the experts'."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 
+from .backbones import backbone_unet
 from .multitask import MultiTaskNet
 
 __all__ = ["UNetEncoder", "UNetSegClassifier"]
@@ -127,6 +129,12 @@ class UNetSegClassifier(MultiTaskNet):
         dropout: dropout in the U-Net blocks.
         seg_task, cls_task: output keys (task names).
         act, norm, bias: as in MONAI's ``BasicUNet``.
+        backbone: None for the U-Net encoder of ``features``, or a pretrainable encoder (2-D only): a torchvision
+            ResNet (``"resnet18"``, ``"resnet34"``, ``"resnet50"``, torchvision's key names) or a MONAI
+            FlexibleUNet backbone (``"efficientnet-b0"``, ...), with FlexibleUNet's decoder (``decoder_channels``);
+            the input size must then be divisible by 32 and ``features``, ``act``, ``norm``, ``bias`` and
+            ``dropout`` are not used (see :func:`~common.networks.backbone_unet`).
+        decoder_channels: channels of the backbone decoder's five levels, coarsest first.
     """
 
     def __init__(
@@ -145,6 +153,8 @@ class UNetSegClassifier(MultiTaskNet):
         act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
         norm: str | tuple = ("instance", {"affine": True}),
         bias: bool = True,
+        backbone: Optional[str] = None,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -157,16 +167,26 @@ class UNetSegClassifier(MultiTaskNet):
             raise ValueError(f"features must list at least 2 levels, got {list(features)}.")
         if seg_task == cls_task:
             raise ValueError(f"seg_task and cls_task must differ, both are '{seg_task}'.")
-        encoder = UNetEncoder(spatial_dims, in_channels * slices, features, act, norm, bias, dropout)
+        if backbone and spatial_dims != 2:
+            raise ValueError(f"backbone needs spatial_dims=2, got {spatial_dims}.")
+        encoder: nn.Module
+        if backbone:
+            encoder, decoder, deepest = backbone_unet(backbone, in_channels * slices, seg_channels * slices,
+                                                      decoder_channels)
+            levels = 6  # five stride-2 stages
+        else:
+            encoder = UNetEncoder(spatial_dims, in_channels * slices, features, act, norm, bias, dropout)
+            decoder = _SegDecoder(spatial_dims, features, seg_channels * slices, act, norm, bias, dropout)
+            deepest, levels = int(features[-1]), len(features)
         heads = {
-            seg_task: _SegDecoder(spatial_dims, features, seg_channels * slices, act, norm, bias, dropout),
-            cls_task: _PooledClassifier(spatial_dims, int(features[-1]), cls_hidden, num_classes, cls_dropout),
+            seg_task: decoder,
+            cls_task: _PooledClassifier(spatial_dims, deepest, cls_hidden, num_classes, cls_dropout),
         }
         super().__init__(encoder, heads)
         self.spatial_dims, self.slices = spatial_dims, slices
         self.seg_channels = seg_channels
         self.seg_task, self.cls_task = seg_task, cls_task
-        self.size_divisor = 2 ** (len(features) - 1)
+        self.size_divisor = 2 ** (levels - 1)
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, segment: bool = True, classify: bool = True

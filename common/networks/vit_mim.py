@@ -74,6 +74,19 @@ class ViTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
+    def layer_ids(self) -> dict[str, int]:
+        """Layer of every parameter for layer-wise learning-rate decay (see
+        :func:`~common.networks.encoder_param_groups`): embeddings and tokens 0, block ``i`` ``i + 1``, the final
+        norm ``num_layers + 1``."""
+        top = len(self.blocks) + 1
+        ids = {}
+        for name, _ in self.named_parameters():
+            if name.startswith("blocks."):
+                ids[name] = int(name.split(".")[1]) + 1
+            else:
+                ids[name] = top if name.startswith("norm.") else 0
+        return ids
+
     def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         pe = self.patch_embedding
         tokens = pe.patch_embeddings(x).flatten(2).transpose(-1, -2)  # (B, N, D)
