@@ -38,6 +38,9 @@ class BinaryTaskMetrics(OutputDictMetric):
     ids ``output["label"][case_key]``; samples whose label equals ``missing_value`` are skipped. ``compute``
     returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_balanced_accuracy,
     count_key}`` (balanced accuracy: mean of sensitivity and specificity, nan with one class absent).
+    :meth:`details` gives every sample's ``prefix_label`` (NaN where unknown), ``prefix_prob`` and
+    ``prefix_accuracy`` (1 if right, 0 if wrong, NaN where unknown): the ROC-AUC of the labelled samples' probabilities
+    is ``prefix_auc``.
 
     Args:
         task: key of the task's logits in the prediction dict.
@@ -77,6 +80,8 @@ class BinaryTaskMetrics(OutputDictMetric):
         self._probs: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._cases: list[Any] = []
+        self._all_probs: list[np.ndarray] = []
+        self._all_labels: list[np.ndarray] = []
 
     @reinit__is_reduced
     def update(self, output: dict[str, Any]) -> None:
@@ -85,12 +90,24 @@ class BinaryTaskMetrics(OutputDictMetric):
         if logits.numel() != labels.numel():
             raise ValueError(f"task '{self.task}': {logits.numel()} predictions for {labels.numel()} labels.")
         known = (labels != self.missing_value) & torch.isfinite(labels)
+        self._all_probs.append(torch.sigmoid(logits).numpy())
+        self._all_labels.append(torch.where(known, labels, torch.full_like(labels, float("nan"))).numpy())
         self._probs.append(torch.sigmoid(logits)[known].numpy())
         self._labels.append(labels[known].numpy())
         cases = output[Keys.LABEL].get(self.case_key) if self.case_key else None
         if cases is None:
             cases = [f"s{len(self._cases) + i}" for i in range(len(labels))]
         self._cases.extend(c for c, k in zip(list(cases), known.tolist()) if k)
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        probs = np.concatenate(self._all_probs).astype(float) if self._all_probs else np.zeros(0)
+        labels = np.concatenate(self._all_labels).astype(float) if self._all_labels else np.zeros(0)
+        right = ((probs >= self.threshold) == (labels > 0.5)).astype(float)
+        return {
+            f"{self.prefix}_label": labels,
+            f"{self.prefix}_prob": probs,
+            f"{self.prefix}_accuracy": np.where(np.isfinite(labels), right, np.nan),
+        }
 
     def compute(self) -> dict[str, float]:
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
