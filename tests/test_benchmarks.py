@@ -286,3 +286,39 @@ def test_results_page_from_csvs(tmp_path):
     assert "## Task affinity" in page and "0.1400" not in page and "0.140" in page
     assert (out.parent / "results" / "affinity.png").stat().st_size > 0
     assert list(csv.DictReader(open(out.parent / "results" / "quality.csv")))
+
+
+@pytest.mark.slow  # about 2 minutes of CPU (8 bundle runs), longer on a busy machine
+def test_two_fold_paired_quality_run_on_demo_data(tmp_path):
+    """Two-fold cross-validation of glioma_seg_idh's multi-task and segmentation-only models (one seed, one epoch,
+    tiny networks): every case is a test case once, and paired.csv compares the two on those cases."""
+    data = tmp_path / "brats"
+    generate_brats_like(data, n_cases=8, shape=(32, 32, 12), seed=5)
+    out = tmp_path / "quality"
+    small = [f"{k}={v}" for k, v in GLIOMA_SMALL.items()]
+    args = build_parser("", [1.0], str(out)).parse_args(
+        ["--bundles", "glioma_seg_idh", "--dataset_dir", str(data), "--strategies", "mtl", "stl_seg", "--seeds", "0",
+         "--folds", "2", "--paired", "--n_bootstrap", "200", "--out", str(out), "--override", "epochs=1",
+         "val_interval=1", *small]
+    )  # fmt: skip
+    run_benchmark(args, "quality")
+    records = collect(out / "glioma_seg_idh")
+    assert sorted((r["strategy"], r["fold"], r["num_folds"]) for r in records) == [
+        ("mtl", 0, 2), ("mtl", 1, 2), ("stl_seg", 0, 2), ("stl_seg", 1, 2)
+    ]  # fmt: skip
+    cases = sorted(p.name for p in data.iterdir() if p.is_dir())  # a case folder per patient
+    tested: list[str] = []
+    for fold in (0, 1):
+        rows = read_per_case(out / "glioma_seg_idh" / f"mtl_frac1_seed0_fold{fold}" / "eval" / "per_case.csv")
+        stl = read_per_case(out / "glioma_seg_idh" / f"stl_seg_frac1_seed0_fold{fold}" / "eval" / "per_case.csv")
+        assert [r["case"] for r in rows] == [r["case"] for r in stl] and len(rows) == 4
+        tested += [r["case"] for r in rows]
+    assert len(tested) == len(set(tested)) == 8 and sorted(tested) == cases  # each case tested once over the folds
+    with open(out / "paired.csv") as f:
+        paired = {r["metric"]: r for r in csv.DictReader(f)}
+    assert set(paired) == {"dice_mean", "hd95_mean"}  # the single-task model compared is the segmentation one
+    dice = paired["dice_mean"]
+    assert (dice["stl"], dice["n_pairs"], dice["n_folds"], dice["n_cases"]) == ("stl_seg", "2", "2", "8")
+    assert math.isfinite(float(dice["difference"])) and dice["verdict"]
+    assert float(dice["difference"]) == pytest.approx(float(dice["mtl_value"]) - float(dice["stl_value"]))
+    assert "glioma_seg_idh, Dice" in (out / "paired.md").read_text()
