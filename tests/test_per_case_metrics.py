@@ -116,5 +116,8 @@ def test_writer_joins_ids_and_metric_details(tmp_path):
         _run(batches, PerCaseMetricsWriter(str(tmp_path), metric_names=["nope"]), {"seg": seg})
     with pytest.raises(ValueError, match="id_keys"):
         _run(batches, PerCaseMetricsWriter(str(tmp_path), id_keys=["patient"]), {"seg": seg})
+    with pytest.raises(ValueError, match="written by another metric"):
+        _run(batches, PerCaseMetricsWriter(str(tmp_path)), {"seg": seg, "seg2": SegmentationTaskMetrics(
+            "seg", ["disc", "cup"], label_key="seg", spacing_key=None, region_first=True)})
     with pytest.raises(ValueError, match="columns"):
         _run(batches, PerCaseMetricsWriter(str(tmp_path), columns=["dice"]), {"seg": seg})

@@ -97,8 +97,8 @@ class PerCaseMetricsWriter:
         """The per-sample rows of the finished run.
 
         Raises:
-            ValueError: a named metric has no per-sample values, a named column is unknown, or a metric saw a
-                different number of samples than the handler.
+            ValueError: a named metric has no per-sample values, two metrics (or a metric and an id) share a column
+                name, a named column is unknown, or a metric saw a different number of samples than the handler.
         """
         details = getattr(engine.state, "metric_details", None) or {}
         names = self.metric_names if self.metric_names is not None else list(details)
@@ -108,7 +108,9 @@ class PerCaseMetricsWriter:
         values: dict[str, np.ndarray] = {}
         for n in names:
             for column, v in details[n].items():
-                values.setdefault(column, np.asarray(v, dtype=float).reshape(-1))
+                if column in values or column in self.id_keys:
+                    raise ValueError(f"per-sample column '{column}' of metric '{n}' is written by another metric too.")
+                values[column] = np.asarray(v, dtype=float).reshape(-1)
         if self.columns is not None:
             missing = [c for c in self.columns if c not in values]
             if missing:
