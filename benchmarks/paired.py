@@ -138,13 +138,22 @@ def _num(v, digits: int = 3) -> str:
     return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
 
 
+def _p(v) -> str:
+    """A p-value: three decimals, ``< 0.001`` below that."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "n/a" if math.isnan(f) else ("< 0.001" if f < 0.001 else f"{f:.3f}")
+
+
 def verdict_line(row: dict) -> str:
     """``bundle, metric (training fraction): verdict (p = ...)``."""
-    frac = float(row["train_fraction"])
+    frac, p = float(row["train_fraction"]), _p(row["p_wilcoxon"])
     where = f" at {frac:.0%} of the training labels" if frac < 1 else ""
     return (
         f"{row['bundle']}, {row['label']} ({row['metric']}, {row['mtl']} vs {row['stl']}){where}: {row['verdict']} "
-        f"(Wilcoxon p = {_num(row['p_wilcoxon'], 3)}; {row['n_cases']} cases, {row['n_seeds']} seed(s), "
+        f"(Wilcoxon p {p if p.startswith('<') else '= ' + p}; {row['n_cases']} cases, {row['n_seeds']} seed(s), "
         f"{row['n_folds']} fold(s))"
     )
 
@@ -160,7 +169,7 @@ def paired_markdown(rows: Sequence[dict]) -> str:
         cells = [
             r["bundle"], f"{r['label']} ({arrow} better)", f"{float(r['train_fraction']):.0%}",
             f"{r['mtl']}: {_num(r['mtl_value'])}", f"{r['stl']}: {_num(r['stl_value'])}",
-            f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _num(r["p_wilcoxon"]),
+            f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_wilcoxon"]),
             str(r["n_cases"]), str(r["n_seeds"]), str(r["n_folds"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
