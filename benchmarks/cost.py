@@ -34,6 +34,13 @@ Two further measurements of one bundle:
 
     python -m benchmarks.cost --bundles glioma_seg_idh --inference_time --dataset_dir ../shared/data/lgg \\
         --bundle_root benchmarks/results/quality/glioma_seg_idh/mtl_frac1_seed0 --threads 2
+
+- ``--weighting_overhead``: training step time of gradient methods on a small 2-D multi-task U-Net
+  (``UNetSegClassifier``, three losses: two segmentation channels and the classifier; synthetic batch, no bundle
+  or data), one backward per task against TorchJD's autogram Gramian (``use_autogram``), relative to equal
+  weighting's single backward; writes ``<out>/weighting_overhead.csv``::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.cost --weighting_overhead --size 64 --steps 10 --warmup 2
 """
 
 from __future__ import annotations
@@ -56,6 +63,56 @@ from benchmarks.runner import run_config, write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
 
 TRAIN_TARGET, INFER_TARGET = 0.6, 0.55
+
+
+def measure_weighting_overhead(
+    methods: Sequence[str], size: int, batch: int, device: str, steps: int, warmup: int
+) -> list[dict]:
+    """Median step time (forward, ``weighting.backward``, SGD step) of each method, with and without autogram."""
+    from torch import nn
+
+    from common.networks import UNetSegClassifier
+    from common.weighting import WEIGHTINGS, AggregatorWeighting, get_weighting
+
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, size, size, generator=gen).to(dev)
+    seg_t = (torch.rand(batch, 2, size, size, generator=gen) > 0.5).float().to(dev)
+    cls_t = (torch.rand(batch, 1, generator=gen) > 0.5).float().to(dev)
+    bce = nn.BCEWithLogitsLoss()
+    tasks = ["seg_a", "seg_b", "cls"]
+    rows: list[dict] = []
+    for method in methods:
+        variants = [False]
+        if isinstance(WEIGHTINGS[method], type) and issubclass(WEIGHTINGS[method], AggregatorWeighting):
+            variants.append(True)
+        for autogram in variants:
+            torch.manual_seed(0)
+            net = UNetSegClassifier(1, 2, 1, features=(8, 16, 32, 64), act=("LeakyReLU", {"negative_slope": 0.1}))
+            net = net.to(dev)
+            w = get_weighting(method, tasks, **({"use_autogram": True} if autogram else {})).to(dev)
+            w.attach(net)
+            opt = torch.optim.SGD(list(net.parameters()) + list(w.parameters()), lr=1e-3)
+            times = []
+            for i in range(warmup + steps):
+                _sync(dev)
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                out = net(x)
+                seg, cls = out[net.seg_task], out[net.cls_task]
+                losses = {"seg_a": bce(seg[:, 0], seg_t[:, 0]), "seg_b": bce(seg[:, 1], seg_t[:, 1]),
+                          "cls": bce(cls, cls_t)}
+                w.backward(losses, list(net.shared_parameters()))
+                opt.step()
+                _sync(dev)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            rows.append({"method": method, "autogram": autogram, "step_s": statistics.median(times)})
+    base = next((r["step_s"] for r in rows if r["method"] == "ew"), None)
+    for r in rows:
+        r["vs_ew"] = round(r["step_s"] / base, 3) if base else ""
+        r["step_s"] = round(r["step_s"], 4)
+    return rows
 
 
 def _sync(device: torch.device) -> None:
@@ -373,6 +430,14 @@ def main() -> None:
     mode.add_argument(
         "--inference_time", "--inference-time", action="store_true", help="inference.json seconds per case"
     )
+    mode.add_argument(
+        "--weighting_overhead", action="store_true", help="gradient methods' step time, autogram vs per-task"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=["ew", "mgda", "imtl_g", "pcgrad", "upgrad"], help="weighting overhead"
+    )
+    parser.add_argument("--size", type=int, default=64, help="weighting overhead: image size")
+    parser.add_argument("--batch", type=int, default=4, help="weighting overhead: batch size")
     parser.add_argument("--bundle_root", help="inference time: the trained run folder (holds models/)")
     parser.add_argument("--split", default="test", help="inference time: the split whose cases are timed")
     args = parser.parse_args()
@@ -385,6 +450,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.override)
     out = Path(args.out)
+    if args.weighting_overhead:
+        rows = measure_weighting_overhead(args.methods, args.size, args.batch, args.device, args.steps, args.warmup)
+        for r in rows:
+            print(r, flush=True)
+        write_csv(rows, out / "weighting_overhead.csv")
+        print(f"wrote {out / 'weighting_overhead.csv'}")
+        return
     rows, ratios = [], []
     for bundle in args.bundles:
         spec = get_spec(bundle)

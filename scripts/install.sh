@@ -10,5 +10,5 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
-python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,solvers]"
 python -c "import torch, monai, common; print(f'installed: torch {torch.__version__}, monai {monai.__version__}, common {common.__version__}')"

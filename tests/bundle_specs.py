@@ -128,7 +128,8 @@ BRATS_MTL = BundleSpec(
     resume_epochs=30,
     resume={"weighting_name": "dwa", "progress_bar": False},
     resume_state=_dwa_history_restored,
-    torchrun=({"weighting_name": "ew", "batch_size": 8}, {"weighting_name": "pcgrad", "batch_size": 8}),
+    torchrun=({"weighting_name": "ew", "batch_size": 8}, {"weighting_name": "pcgrad", "batch_size": 8},
+              {"weighting_name": "upgrad", "weighting_args": {"use_autogram": True}, "batch_size": 8}),
     bad_inputs={"missing_modality": _brats_missing_modality, "empty": _brats_empty},
 )
 

@@ -13,7 +13,14 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.cost import engine_seconds, measure_inference_time, measure_strategy, measure_throughput, ratio_row
+from benchmarks.cost import (
+    engine_seconds,
+    measure_inference_time,
+    measure_strategy,
+    measure_throughput,
+    measure_weighting_overhead,
+    ratio_row,
+)
 from benchmarks.paired import paired_rows, read_per_case, write_paired
 from benchmarks.quality import build_parser, comparison_rows, parse_strategy_overrides, run_benchmark, runs_table
 from benchmarks.results_page import main as results_page_main
@@ -322,3 +329,9 @@ def test_two_fold_paired_quality_run_on_demo_data(tmp_path):
     assert math.isfinite(float(dice["difference"])) and dice["verdict"]
     assert float(dice["difference"]) == pytest.approx(float(dice["mtl_value"]) - float(dice["stl_value"]))
     assert "glioma_seg_idh, Dice" in (out / "paired.md").read_text()
+
+
+def test_weighting_overhead_rows():
+    rows = measure_weighting_overhead(["ew", "mgda"], size=16, batch=2, device="cpu", steps=1, warmup=0)
+    assert [(r["method"], r["autogram"]) for r in rows] == [("ew", False), ("mgda", False), ("mgda", True)]
+    assert rows[0]["vs_ew"] == 1.0 and all(r["step_s"] > 0 for r in rows)

@@ -15,7 +15,10 @@ from tests.bundle_specs import SPECS
 BUNDLE = "brats_mtl"
 CFG = bundle_configs(BUNDLE)
 SMALL = SPECS[BUNDLE].small
-METRIC_KEYS = {"cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "mim_mse", "n_slices", "n_cases"}
+METRIC_KEYS = {
+    "cls_auc", "cls_auc_ci_low", "cls_auc_ci_high", "cls_accuracy", "cls_ece", "cls_brier",
+    "mim_mse", "n_slices", "n_cases",
+}
 
 
 def _epoch(state: dict) -> int:
@@ -33,7 +36,7 @@ def test_train_writes_best_model_resume_state_and_task_logs(trained):
     assert {"network", "optimizer", "lr_scheduler", "weighting", "trainer"} <= set(state)
     assert _epoch(state) == 2
     # UW's log-variances were trained (moved away from their initial 0)
-    assert float(state["weighting"]["log_vars"].abs().sum()) > 0
+    assert float(state["weighting"]["scalarizer.log_var"].abs().sum()) > 0
     assert any((trained / "logs").iterdir()), "TensorBoard event files expected"
 
 

@@ -1,8 +1,9 @@
 """Clinical I/O end to end against a real Orthanc (issue 7): a case converted to a DICOM study is C-STOREd into
 Orthanc, pulled back by WADO-RS, run through ``glioma_seg_idh``'s inference with ``--dicom_output True
---pacs_dest``, and the SEG and SR the bundle sent by STOW-RS are found by QIDO-RS, retrieved, validated by dciodvfy
-and their references checked against the pulled study and the bundle's predictions. The same, lighter, for
-``fundus_glaucoma`` and one DICOM photograph (STOW-RS in, SEG of disc/cup + SR with vCDR and glaucoma probability).
+--pacs_dest``, and the SEG, SR and Secondary Captures the bundle sent by STOW-RS are found by QIDO-RS, retrieved,
+validated by dciodvfy and their references (and the SCs' outlines, against the SEG) checked against the pulled study
+and the bundle's predictions. The same, lighter, for ``fundus_glaucoma`` and one DICOM photograph (STOW-RS in, SEG of
+disc/cup + SR with vCDR and glaucoma probability + SC).
 
 Orthanc runs in a loopback-only network namespace (``tests/orthanc_server.py``, needs root); every client (the
 export CLI, the bundle run, the DICOMweb client) runs inside it. Real data (``../shared/data/lgg``) is used where
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -26,7 +28,7 @@ from common.data import generate_brats_like
 from common.dicom import nifti_case_to_dicom, write_photo
 from tests.bundle_cli import REAL_DATA, REPO, bundle_configs
 from tests.bundle_specs import SPECS
-from tests.dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report
+from tests.dicom_validate import DCIODVFY, assert_secondary_capture, dciodvfy_errors, dciodvfy_report
 from tests.orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.slow
@@ -36,6 +38,7 @@ MODALITIES = ["t1", "t1ce", "flair"]  # glioma_seg_idh's default channels; t1 (t
 SMALL = {"features": [4, 8, 16], "patch_size": 32, "samples_per_case": 2, "batch_size": 4, "sw_batch_size": 64}
 IDH_CODE = "IDH_MUT_PROB"  # 99MTLMONAI code of idh_probability (docs/dicom_output.md)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
@@ -157,12 +160,16 @@ def test_glioma_dicom_study_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, trai
             by_modality: dict[str, list[str]] = {}
             for s in series:
                 by_modality.setdefault(s["00080060"]["Value"][0], []).append(s["0020000E"]["Value"][0])
-            assert sorted(by_modality) == ["MR", "SEG", "SR"]
-            assert len(by_modality["MR"]) == 3 and len(by_modality["SEG"]) == 1 and len(by_modality["SR"]) == 1
+            # ... and one Secondary Capture series (modality OT) of key slices
+            assert sorted(by_modality) == ["MR", "OT", "SEG", "SR"]
+            assert len(by_modality["MR"]) == 3 and all(len(by_modality[m]) == 1 for m in ("OT", "SEG", "SR"))
             seg_list = client.retrieve_series(study_uid, by_modality["SEG"][0])
             sr_list = client.retrieve_series(study_uid, by_modality["SR"][0])
+            sc_list = client.retrieve_series(study_uid, by_modality["OT"][0])
         assert len(seg_list) == 1 and len(sr_list) == 1
         seg, sr = seg_list[0], sr_list[0]
+        written_sc = sorted((out / case_id).glob("sc_*.dcm"))
+        assert 1 <= len(sc_list) == len(written_sc) <= 5
 
     # 5. the retrieved objects: valid, and referencing the pulled study, the source images and each other
     for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
@@ -193,6 +200,22 @@ def test_glioma_dicom_study_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, trai
     seg_refs = {sop.ReferencedSOPInstanceUID for item in _sr_items(sr) for sop in item.get("ReferencedSOPSequence", [])}
     assert seg.SOPInstanceUID in seg_refs  # a measurement group points at the SEG's segment
     assert _sr_num(sr, IDH_CODE) == pytest.approx(prediction["idh_probability"], abs=1e-6)
+
+    # 6. the SCs from the PACS: valid, in the study, each referencing a t1 slice, outlined where the SEG's boundary is
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    pulled_t1 = {ds.SOPInstanceUID: ds for ds in pulled if ds.SeriesDescription == "t1"}
+    for k, ds in enumerate(sc_list):
+        assert ds.SOPClassUID == SC_SOP_CLASS
+        path = tmp_path / f"retrieved_sc_{k}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        source = pulled_t1[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        n_segments = len(seg.SegmentSequence)
+        mask = segmentation.get_pixels_by_source_instance(
+            source_sop_instance_uids=[source.SOPInstanceUID], skip_overlap_checks=True,
+        )[0] if source.SOPInstanceUID in frame_sources else np.zeros((source.Rows, source.Columns, n_segments), bool)
+        assert_secondary_capture(str(path), source, mask)
+    assert any(ds.SourceImageSequence[0].ReferencedSOPInstanceUID in frame_sources for ds in sc_list), (
+        "no SC shows a segmented slice")
 
 
 def _fundus_rgb(tmp_path: Path, synthetic: Path) -> np.ndarray:
@@ -245,9 +268,10 @@ def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, bund
         with pacs.inside():
             series = client.search_for_series(source.StudyInstanceUID)
             by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0] for s in series}
-            assert sorted(by_modality) == ["OP", "SEG", "SR"]
+            assert sorted(by_modality) == ["OP", "OT", "SEG", "SR"]
             seg = client.retrieve_series(source.StudyInstanceUID, by_modality["SEG"])[0]
             sr = client.retrieve_series(source.StudyInstanceUID, by_modality["SR"])[0]
+            sc = client.retrieve_series(source.StudyInstanceUID, by_modality["OT"])
 
     for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
         path = tmp_path / f"retrieved_{name}"
@@ -270,3 +294,10 @@ def test_fundus_dicom_photo_from_orthanc_to_seg_and_sr_in_orthanc(tmp_path, bund
     assert seg.SOPInstanceUID in _evidence_uids(sr) and source.SOPInstanceUID in _evidence_uids(sr)
     assert _sr_num(sr, "GLAUCOMA_PROB") == pytest.approx(prediction["glaucoma_probability"], abs=1e-6)
     assert _sr_num(sr, "VCDR") == pytest.approx(prediction["vcdr"], abs=1e-6)
+    # the Secondary Capture: one, valid, in the photograph's study, disc and cup outlined where the SEG's masks are
+    assert len(sc) == 1 and sc[0].SOPClassUID == SC_SOP_CLASS
+    sc[0].save_as(tmp_path / "retrieved_sc.dcm", enforce_file_format=True)
+    masks = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID], skip_overlap_checks=True)[0]
+    assert masks.shape == (source.Rows, source.Columns, 2)
+    assert_secondary_capture(str(tmp_path / "retrieved_sc.dcm"), source, masks)

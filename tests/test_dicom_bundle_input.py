@@ -63,7 +63,9 @@ def test_glioma_seg_idh_inference_on_dicom_study(tmp_path, bundle_data, trained_
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t1_enhanced.SeriesInstanceUID
     assert int(seg.NumberOfFrames) <= int(t1_enhanced.NumberOfFrames)  # empty frames are omitted
     for case in (dicom, enhanced):
-        for name in ("seg.dcm", "sr.dcm"):
+        captures = sorted(p.name for p in (out / case).glob("sc_*.dcm"))  # Secondary Captures of key slices
+        assert 1 <= len(captures) <= 5
+        for name in ("seg.dcm", "sr.dcm", *captures):
             if DCIODVFY is not None:
                 assert dciodvfy_errors(str(out / case / name)) == [], dciodvfy_report(str(out / case / name))
     from_nifti = nib.load(out / nifti / f"{nifti}_seg.nii.gz")

@@ -1,4 +1,5 @@
-"""DICOM SEG and SR output: objects validated by dciodvfy (0 errors) and read back with pydicom/highdicom."""
+"""DICOM SEG, SR and Secondary Capture output: objects validated by dciodvfy (0 errors) and read back with
+pydicom/highdicom."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from dicom_sources import MR_SHAPE, write_enhanced_mr, write_fundus_photo, write_mr_series  # noqa: E402
-from dicom_validate import DCIODVFY, dciodvfy_errors, dciodvfy_report  # noqa: E402
+from dicom_validate import DCIODVFY, assert_secondary_capture, dciodvfy_errors, dciodvfy_report  # noqa: E402
 
 from common.dicom.codes import (  # noqa: E402
     PRIVATE_SCHEME,
@@ -25,6 +26,7 @@ from common.dicom.codes import (  # noqa: E402
     segment_codes,
 )
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets  # noqa: E402
+from common.dicom.sc import key_frames, write_secondary_captures  # noqa: E402
 from common.dicom.seg import write_segmentation  # noqa: E402
 from common.dicom.sr import write_measurement_report  # noqa: E402
 
@@ -383,6 +385,69 @@ def test_sr_bad_input(mr):
         measurement_code("shoe size")
 
 
+# --- Secondary Capture --------------------------------------------------------------------------------------------
+
+
+def test_key_frames():
+    masks = np.zeros((20, 4, 4), bool)
+    assert key_frames(None, 20) == [10] and key_frames(masks, 20) == [10]  # nothing segmented: the middle
+    masks[[3, 4, 6], 1, 1] = True
+    assert key_frames(masks, 20) == [3, 4, 6]  # few segmented frames: all of them
+    masks[2:15, :2, :2] = True
+    masks[11] = True  # the largest area
+    shown = key_frames(masks[..., None], 20, max_frames=4)
+    assert len(shown) == 4 and shown[0] == 2 and shown[-1] == 14 and 11 in shown
+    with pytest.raises(ValueError, match="max_frames"):
+        key_frames(masks, 20, max_frames=0)
+    with pytest.raises(ValueError, match="frames"):
+        key_frames(masks, 19)
+
+
+def test_secondary_capture_series_two_segments(mr, tmp_path):
+    """Nested segments on a grey series: one SC per segmented slice (at most ``max_frames``), a colour per segment."""
+    sources = sort_source_datasets(mr)
+    labels = tumour_labels()
+    masks = np.stack([labels >= 1, labels >= 2], axis=-1)  # (frames, rows, columns, 2)
+    no_pixels = [pydicom.dcmread(ds.filename, stop_before_pixels=True) for ds in mr]  # as DicomResultWriter reads
+    paths = write_secondary_captures(
+        no_pixels, str(tmp_path), "glioma_seg_idh", "0.4.1", masks=masks, segments=["tumour", "core"],
+        lines=["idh_probability: 0.81"], warnings=["check me"], frame_lines={3: ["this image: 0.5"]}, max_frames=3,
+    )
+    frames = [int(os.path.basename(p)[3:6]) for p in paths]
+    assert frames == key_frames(masks, len(sources), 3) and frames[0] == 2 and frames[-1] == 5  # both ends shown
+    for frame, path in zip(frames, paths):
+        assert_secondary_capture(path, sources[frame], masks[frame], None)
+    sc = pydicom.dcmread(paths[0])
+    assert list(sc.PatientOrientation) == ["L", "P"]  # axial slice: rows run to the left, columns to posterior
+    # the grey source is windowed: the picture spans (nearly) the full grey range
+    picture = sc.pixel_array[: int(sources[0].Rows) * (int(sc.Columns) // int(sources[0].Columns))]
+    assert picture[..., 0].min() == 0 and picture[..., 0].max() == 255
+    with pytest.raises(ValueError, match="does not fit"):
+        write_secondary_captures(mr, str(tmp_path), "b", "1", masks=masks, segments=["tumour"])
+
+
+def test_capture_text():
+    from common.handlers import CaseResult, Measurement
+    from common.handlers.dicom_results import capture_text
+
+    result = CaseResult(
+        case="c",
+        segments=["tumour"],
+        masks=np.zeros((1, 2, 2, 2), bool),
+        affine=np.eye(4),
+        measurements={"idh_probability": Measurement(0.81234, "1", "probability of 'mutant'"),
+                      "age": Measurement(float("nan"), "a")},
+        segment_measurements={"tumour": {"volume": Measurement(15230.4, "mm3"),
+                                         "vcdr": Measurement(0.5, "{ratio}", "vertical cup-to-disc ratio")}},
+        image_measurements=[(1, {"p": Measurement(0.25)})],
+    )
+    lines, per_image = capture_text(result, n_images=2)
+    assert lines == ["idh_probability (probability of 'mutant'): 0.8123", "age: not available",
+                     "tumour volume: 15230 mm3", "tumour vcdr (vertical cup-to-disc ratio): 0.5"]
+    assert per_image == {1: ["this image: p: 0.25"]}
+    assert capture_text(result, n_images=1)[1] == {}  # per-image values that do not fit the source images
+
+
 # --- frames -------------------------------------------------------------------------------------------------------
 
 
@@ -490,15 +555,18 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     assert set(handed_over) == {"dcm_case", "nifti_like_case"}
     assert handed_over["dcm_case"].source == folder and handed_over["nifti_like_case"].source is None
     assert handed_over["dcm_case"].segments == ["tumour"] and handed_over["dcm_case"].masks.shape[1:] == MR_SHAPE[::-1]
-    assert engine.state.dicom_results["dcm_case"] == [os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm")]
+    results = engine.state.dicom_results["dcm_case"]
+    assert results[:2] == [os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm")]
+    captures = results[2:]  # Secondary Captures of the key slices (all segmented ones: at most 5 here)
+    assert captures and all(os.path.basename(p).startswith("sc_") for p in captures)
 
     assert not os.path.exists(os.path.join(out, "nifti_like_case", "seg.dcm"))
     seg_path, sr_path = (os.path.join(out, "dcm_case", f) for f in ("seg.dcm", "sr.dcm"))
     assert_valid(seg_path)
     assert_valid(sr_path)
     seg = pydicom.dcmread(seg_path)
+    sources = sort_source_datasets(mr)
     if source == "slices":
-        sources = sort_source_datasets(mr)
         expected = np.stack([s.pixel_array > 500 for s in sources])
         pixels = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
             source_sop_instance_uids=[s.SOPInstanceUID for s in sources], combine_segments=True
@@ -515,6 +583,12 @@ def test_handler_glioma_from_monai_loaded_series(mr, tmp_path, source):
     np.testing.assert_array_equal(pixels, expected.astype(pixels.dtype))
     algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("glioma_seg_idh", version)
+    shown = [int(os.path.basename(p)[3:6]) for p in captures]  # sc_<frame>.dcm
+    assert shown == key_frames(expected, len(expected)) and len(shown) == min(5, int(expected.any(axis=(1, 2)).sum()))
+    for frame, path in zip(shown, captures):
+        source_ds = sources[frame] if source == "slices" else enhanced
+        assert_secondary_capture(path, source_ds, expected[frame][..., None], None if source == "slices" else frame)
+    assert len({pydicom.dcmread(p).SeriesInstanceUID for p in captures}) == 1
     sr = pydicom.dcmread(sr_path)
     values = num_values(sr)
     prob = 1 / (1 + np.exp(-0.8473))
@@ -563,6 +637,20 @@ def test_handler_fundus_photo(photo, tmp_path):
     values = num_values(sr)
     assert values["VCDR"] == (pytest.approx(0.4), "{ratio}")
     assert values["GLAUCOMA_PROB"] == (pytest.approx(1 / (1 + np.exp(-0.3)), abs=1e-6), "1")
+    assert engine.state.dicom_results["eye1"] == [seg_path, sr_path, os.path.join(out, "eye1", "sc.dcm")]
+    assert_secondary_capture(os.path.join(out, "eye1", "sc.dcm"), photo, np.stack([disc.numpy(), cup.numpy()], -1))
+    sc = pydicom.dcmread(os.path.join(out, "eye1", "sc.dcm"))
+    assert sc.PatientOrientation == photo.get("PatientOrientation", "") and sc.ImageLaterality == photo.ImageLaterality
+
+    # secondary_capture=False: SEG + SR only
+    out2 = str(tmp_path / "no_sc")
+    engine = Engine(lambda e, b: {"pred": pred})
+    FundusPredictionWriter(out2, cls_task="glaucoma", segments=("optic_disc", "optic_cup")).attach(engine)
+    DicomResultWriter(out2, "fundus_glaucoma", "0.3.1", codes=bundle_codes("fundus_glaucoma"),
+                      secondary_capture="false").attach(engine)
+    engine.run([batch])
+    assert [os.path.basename(p) for p in engine.state.dicom_results["eye1"]] == ["seg.dcm", "sr.dcm"]
+    assert not os.path.exists(os.path.join(out2, "eye1", "sc.dcm"))
 
 
 def test_handler_factors_and_slices(mr, photo, tmp_path):
@@ -588,6 +676,7 @@ def test_handler_factors_and_slices(mr, photo, tmp_path):
     sr_path = str(out / "img1" / "sr.dcm")
     assert_valid(sr_path)
     assert not (out / "img1" / "seg.dcm").exists()
+    assert_secondary_capture(str(out / "img1" / "sc.dcm"), photo, np.zeros((photo.Rows, photo.Columns, 0), bool))
     assert num_values(pydicom.dcmread(sr_path)) == {
         "MALE_SEX_PROB": (pytest.approx(0.7), "1"),
         "30525-0": (pytest.approx(58.25), "a"),
@@ -620,6 +709,10 @@ def test_handler_factors_and_slices(mr, photo, tmp_path):
         if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "TUMOUR_PROB"
     ]
     assert probs == [pytest.approx(v) for v in (0.25, 0.1, 0.15, 0.2, 0.25)]  # study max, then slices 2..5
+    # no masks: one SC of the middle slice (4 of 0..7), referencing it
+    assert [os.path.basename(p) for p in sorted(glob.glob(str(out / "caseA" / "sc*.dcm")))] == ["sc_004.dcm"]
+    series = sort_source_datasets(read_series(str(series_dir)))
+    assert_secondary_capture(str(out / "caseA" / "sc_004.dcm"), series[4], np.zeros((32, 32, 0), bool))
 
 
 def test_handler_needs_codes_for_new_segments_and_units(mr, tmp_path):

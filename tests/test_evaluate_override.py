@@ -47,3 +47,27 @@ def test_merged_evaluate_runs_the_evaluator_only(bundle):
     loads = [h["load_path"] for h in parser["handlers"] if h["_target_"] in loaders]
     assert any("'model.pt'" in p for p in loads) and "common.handlers.MetricsJSONWriter" in targets
     assert "ValidationHandler" not in json.dumps(parser["handlers"])  # the training-time evaluator is not reused
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_merged_calibrate_fits_temperatures_only(bundle):
+    """calibrate.json is an override like evaluate.json: merged after train.json it runs the trained model on the
+    validation split and fits the temperatures, never trains."""
+    train, calibrate = _load(bundle, "train.json"), _load(bundle, "calibrate.json")
+    assert not sorted(k for k in calibrate if k in train and calibrate[k] == train[k])
+    assert not {"imports", "network_def", "network", "locator_def", "datalist", "factors"} & set(calibrate)
+    cfg = bundle_configs(bundle)
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.json"), str(cfg / "calibrate.json")])
+    assert parser["run"] == ["$@calibrator.run()"]
+    assert not any("trainer" in str(x) for x in parser["initialize"] + parser["finalize"])
+    assert parser["calibrator"]["val_data_loader"] == "@validate#dataloader"  # the split training selected on
+    targets = [h["_target_"] for h in parser["handlers"]]
+    assert "common.handlers.CheckedCheckpointLoader" in targets and "common.handlers.TemperatureFitter" in targets
+    # evaluate.json and inference.json scale the same outputs calibrate.json fits
+    for name in ("evaluate.json", "inference.json"):
+        other = _load(bundle, name)
+        assert other["calibration_file"] == calibrate["calibration_file"]
+        assert other["evaluator"]["inferer"] == "@calibrated_inferer"
+        if isinstance(other["classification_outputs"], list):
+            assert other["classification_outputs"] == [o["name"] for o in calibrate["calibration_outputs"]]

@@ -38,7 +38,7 @@ def test_train_saves_model_resume_state_and_logs_both_tasks(trained):
     assert [c.name for c in ckpts] == ["resume_checkpoint_epoch=2.pt"]
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
     assert {"network", "optimizer", "lr_scheduler", "weighting", "trainer"} <= set(state)
-    assert float(state["weighting"]["log_vars"].abs().sum()) > 0  # uncertainty weighting is the default and trains
+    assert float(state["weighting"]["scalarizer.log_var"].abs().sum()) > 0  # UW is the default and trains
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ The server tests skip where ``.venv-monailabel`` is absent (``bash scripts/insta
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import gzip
 import importlib.util
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -163,20 +166,19 @@ def studies(tmp_path_factory, trained) -> dict[str, Path]:
             "retina": folder / "retina_001.png"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, exported, studies):
-    """A real MONAI Label server (venv python) on a free port; stopped by PID at the end."""
-    if not VENV_PY.exists():
-        pytest.skip(f"{VENV_PY.parents[1]} is absent: run `bash scripts/install_monailabel.sh` to make it")
-    work = tmp_path_factory.mktemp("monailabel_server")
+@contextlib.contextmanager
+def _monailabel_server(work: Path, studies: Path, bundles: Path, models: Sequence[str], *conf: str):
+    """A real MONAI Label server (venv python) on a free port, app copied into ``work``; stopped by PID at the end.
+    Yields ``{"url", "info", "log"}``."""
     app = work / "app"
-    shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin"))
+    shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "model", "logs", "bin",
+                                                                                 "train"))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # `common` must come from the bundles
     env.update(PATH=f"{VENV_PY.parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", HOME=str(work),
                MONAI_LABEL_TRACKING_ENABLED="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false")
-    cmd = [str(VENV_PY), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-           str(studies["folder"]), "--conf", "bundles", str(exported), "--conf", "models", ",".join(MODELS),
+    cmd = [str(VENV_PY), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+           "--conf", "bundles", str(bundles), "--conf", "models", ",".join(models), *conf,
            "--host", "127.0.0.1", "--port", str(port)]
     log_path = work / "server.log"
     log = open(log_path, "w")
@@ -207,6 +209,15 @@ def server(tmp_path_factory, exported, studies):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exported, studies):
+    """A real MONAI Label server serving the exported bundles on the studies folder (inference only)."""
+    if not VENV_PY.exists():
+        pytest.skip(f"{VENV_PY.parents[1]} is absent: run `bash scripts/install_monailabel.sh` to make it")
+    with _monailabel_server(tmp_path_factory.mktemp("monailabel_server"), studies["folder"], exported, MODELS) as s:
+        yield s
 
 
 @needs_venv
@@ -442,3 +453,239 @@ def pydicom_header(path):
     import pydicom
 
     return pydicom.dcmread(str(path), stop_before_pixels=True)
+
+
+# --- training and active learning ----------------------------------------------------------------------------------
+
+
+def _put_label(url: str, image: str, label: bytes, filename: str, info: dict) -> tuple[int, dict]:
+    """``PUT /datastore/label`` of a final label with its label info (multipart form, as 3D Slicer sends it)."""
+    boundary = "mtl-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(info)}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + label + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{url}/datastore/label?image={image}&tag=final", data=body, method="PUT")
+    req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _put_info(url: str, label: str, info: dict) -> tuple[int, dict]:
+    """``PUT /datastore/label/info`` of a final label (form field ``info``)."""
+    data = urllib.parse.urlencode({"info": json.dumps(info)}).encode()
+    req = urllib.request.Request(f"{url}/datastore/label/info?label={label}&tag=final", data=data, method="PUT")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _post_json(url: str, params: dict, timeout: float = 300) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(params).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _wait_training(url: str, log: Path, timeout: float = 300) -> dict:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        status, body, _ = _get(f"{url}/train/")
+        task = json.loads(body) if status == 200 else {}
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return task
+        time.sleep(1)
+    raise AssertionError(f"training did not end in {timeout} s:\n{log.read_text()[-5000:]}")
+
+
+def _nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
+    return gzip.compress(nib.Nifti1Image(data, affine).to_bytes())
+
+
+def _png_bytes(data: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@needs_venv
+@pytest.mark.slow
+def test_train_from_datastore_labels_and_pick_by_uncertainty(exported, trained, tmp_path):
+    """Label studies over HTTP with their task labels (label info), train the bundles' own train.json on them through
+    POST /train, infer with the published model, and let the uncertainty strategies pick an unlabelled study of
+    their model; bad labels and a training without labels give one clear HTTP error and change nothing."""
+    bundles = tmp_path / "bundles"
+    for bundle in ("glioma_seg_idh", "fundus_glaucoma"):  # a copy: training replaces their models
+        shutil.copytree(exported / bundle, bundles / bundle)
+    data, folder = trained["data"], tmp_path / "studies"
+    folder.mkdir()
+    modalities = json.loads((REPO / "bundles/glioma_seg_idh/configs/inference.json").read_text())["modalities"]
+    brains: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # study -> (tumour label map, affine)
+    for k, case in enumerate(sorted(p for p in (data / "brats").iterdir() if p.is_dir())[:4], start=1):
+        first = nib.load(case / f"{case.name}_{modalities[0]}.nii.gz")
+        stacked = np.stack([np.asarray(nib.load(case / f"{case.name}_{m}.nii.gz").dataobj) for m in modalities], -1)
+        nib.save(nib.Nifti1Image(stacked.astype(np.float32), first.affine), folder / f"brain_{k:03d}.nii.gz")
+        seg = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+        brains[f"brain_{k:03d}"] = ((seg > 0).astype(np.uint8), first.affine)
+    eyes: dict[str, np.ndarray] = {}  # study -> disc/cup label map
+    for k, photo in enumerate(sorted((data / "fundus" / "images").glob("*.jpg"))[:5], start=1):
+        shutil.copy(photo, folder / f"eye_{k:03d}.jpg")
+        disc = np.asarray(Image.open(data / "fundus" / "masks" / f"{photo.stem}_disc.png").convert("L")) > 127
+        cup = np.asarray(Image.open(data / "fundus" / "masks" / f"{photo.stem}_cup.png").convert("L")) > 127
+        eyes[f"eye_{k:03d}"] = (disc.astype(np.uint8) + (cup & disc)).astype(np.uint8)
+    model_file = bundles / "glioma_seg_idh" / "models" / "model.pt"
+    before = model_file.read_bytes()
+
+    with _monailabel_server(tmp_path / "server", folder, bundles, ["glioma_seg_idh", "fundus_glaucoma"],
+                            "--conf", "epochs", "1") as server:
+        url, log = server["url"], server["log"]
+        assert set(server["info"]["trainers"]) == {"glioma_seg_idh", "fundus_glaucoma"}
+        assert {"random", "first", "glioma_seg_idh_uncertainty", "fundus_glaucoma_uncertainty"} <= set(
+            server["info"]["strategies"])
+        # no labelled study yet: refused at once, naming the model and what is missing
+        status, answer = _post_json(f"{url}/train/glioma_seg_idh", {"max_epochs": 1})
+        assert status == 422 and "no labelled study" in answer["detail"] and "glioma_seg_idh" in answer["detail"]
+        status, _, _ = _get(f"{url}/train/")
+        assert status == 404, "no training task was started"
+        status, body, _ = _post(f"{url}/infer/glioma_seg_idh?image=brain_004&output=json")
+        assert status == 200, body[:2000]
+        before_json = json.loads(body)
+
+        # bad labels: an unknown study, a task label outside the allowed values; nothing is saved
+        label, affine = brains["brain_001"]
+        status, answer = _put_label(url, "no_such_study", _nifti_bytes(label, affine), "x.nii.gz", {})
+        assert status == 404 and "no_such_study" in answer["detail"], answer
+        status, answer = _put_label(url, "brain_001", _nifti_bytes(label, affine), "brain_001.nii.gz",
+                                    {"idh_status": "maybe"})
+        assert status == 422 and "brain_001" in answer["detail"] and "idh_status='maybe'" in answer["detail"], answer
+        status, answer = _put_label(url, "eye_001", _png_bytes(eyes["eye_001"]), "eye_001.png", {"cdr": 1.7})
+        assert status == 422 and "eye_001" in answer["detail"] and "cdr" in answer["detail"], answer
+        status, body, _ = _get(f"{url}/datastore/?output=all")
+        assert all(not obj["labels"] for obj in json.loads(body)["objects"].values()), "a refused label was saved"
+
+        # labels with their task labels (label info); brain_004 and eye_005 stay unlabelled
+        idh = ["mutant", "wildtype", "unknown"]
+        for k, study in enumerate(["brain_001", "brain_002", "brain_003"]):
+            label, affine = brains[study]
+            status, answer = _put_label(url, study, _nifti_bytes(label, affine), f"{study}.nii.gz",
+                                        {"idh_status": idh[k]})
+            assert status == 200, answer
+        glaucoma = [("glaucoma", 0.8), ("normal", 0.3), ("glaucoma", 0.7), ("normal", 0.4)]
+        for k, study in enumerate(["eye_001", "eye_002", "eye_003", "eye_004"]):
+            info = {"glaucoma": glaucoma[k][0], "cdr": glaucoma[k][1]}
+            if k == 3:
+                info = {"model": "fundus_glaucoma", "glaucoma": "normal", "cdr": 0.4}
+            status, answer = _put_label(url, study, _png_bytes(eyes[study]), f"{study}.png", info)
+            assert status == 200, answer
+        status, body, _ = _get(f"{url}/datastore/label/info?label=brain_001&tag=final")
+        assert json.loads(body)["idh_status"] == "mutant"
+        # a task label changed later (label info update) is checked the same way; an unlabelled study has none
+        status, answer = _put_info(url, "brain_002", {"idh_status": "banana"})
+        assert status == 422 and "brain_002" in answer["detail"] and "banana" in answer["detail"], answer
+        status, answer = _put_info(url, "brain_004", {"idh_status": "mutant"})
+        assert status == 404 and "brain_004" in answer["detail"], answer
+        status, body, _ = _get(f"{url}/datastore/label/info?label=brain_002&tag=final")
+        assert json.loads(body)["idh_status"] == "wildtype"
+
+        # train each model on its own studies (1 epoch): glioma in the request (run_sync), fundus in the
+        # background (MONAI Label's default), waiting on GET /train
+        status, answer = _post_json(f"{url}/train/glioma_seg_idh?run_sync=true",
+                                    {"max_epochs": 1, "overrides": {"batch_size": 2}})
+        assert status == 200, answer
+        assert answer["train_studies"] == ["brain_002", "brain_003"] and answer["validation_studies"] == ["brain_001"]
+        assert "model.pt" in answer["published"] and not any("resume" in f for f in answer["published"])
+        assert model_file.read_bytes() != before, "the new model was not published"
+        status, answer = _post_json(f"{url}/train/fundus_glaucoma",
+                                    {"max_epochs": 1, "val_split": 0,
+                                     "overrides": {"locator_epochs": 1, "batch_size": 2, "locator_batch_size": 2}})
+        assert status == 200, answer
+        task = _wait_training(url, log)
+        assert task["status"] == "DONE", "\n".join(task.get("details", [])) + log.read_text()[-5000:]
+        run_logs = sorted((tmp_path / "server" / "app" / "train").glob("*/args.json"))
+        args = {p.parent.name.split("_2")[0]: json.loads(p.read_text()) for p in run_logs}
+        glioma_cases = sorted(r["case"] for r in args["glioma_seg_idh"]["train#records"] +
+                              args["glioma_seg_idh"]["validate#records"])
+        assert glioma_cases == ["brain_001", "brain_002", "brain_003"]
+        assert sorted(r["idh"] for r in args["glioma_seg_idh"]["train#records"] +
+                      args["glioma_seg_idh"]["validate#records"]) == [-1, 0, 1]
+        eye_records = args["fundus_glaucoma"]["train#records"]
+        assert [r["glaucoma"] for r in eye_records] == [1, 0, 1, 0]
+        mask = np.asarray(Image.open(eye_records[0]["cup"]))
+        assert set(np.unique(mask).tolist()) <= {0, 255} and (mask > 0).sum() == (eyes["eye_001"] == 2).sum()
+
+        # the infer task answers with the new weights
+        status, body, _ = _post(f"{url}/infer/glioma_seg_idh?image=brain_004&output=json")
+        assert status == 200, body[:2000]
+        after_json = json.loads(body)
+        assert after_json["idh_probability"] != before_json["idh_probability"]
+
+        # active learning: each model's uncertainty picks its own unlabelled study
+        status, answer = _post_json(f"{url}/activelearning/glioma_seg_idh_uncertainty", {})
+        assert status == 200 and answer["id"] == "brain_004", answer
+        assert 0.0 <= answer["uncertainty"] <= 1.0 and {"idh_margin"} <= set(answer["tasks"]), answer
+        status, answer = _post_json(f"{url}/activelearning/fundus_glaucoma_uncertainty", {})
+        assert status == 200 and answer["id"] == "eye_005", answer
+        assert "glaucoma_margin" in answer["tasks"] and any(k.endswith("_entropy") for k in answer["tasks"]), answer
+        status, answer = _post_json(f"{url}/activelearning/first", {})
+        assert status == 200 and answer["id"] in ("brain_004", "eye_005"), answer
+
+
+_HELPERS_SCRIPT = """
+import json, math, sys
+sys.path.insert(0, sys.argv[1])  # monailabel_app: lib.*
+import numpy as np
+from lib.strategies.uncertainty import classification_margin, segmentation_entropy
+from lib.trainers.bundle_trainer import BundleTrainTask, LabelError, _cause
+out = {"margin": [classification_margin(p) for p in (0.5, 0.0, 1.0, 0.75)],
+       "entropy": [segmentation_entropy(np.array([-2.0, 2.0]).reshape(1, 1, 1, 2)),
+                   segmentation_entropy(np.full((1, 2, 3, 3), 30.0)),
+                   segmentation_entropy(np.full((1, 1, 2, 2), 0.5))]}
+task = object.__new__(BundleTrainTask)
+task.name = "b"
+task.case_labels = {"idh": {"info_key": "idh_status", "values": {"mutant": 1, "wildtype": 0, "": -1}, "missing": -1},
+                    "cdr": {"info_key": "cdr", "range": [0, 1], "missing": float("nan")}}
+out["coded"] = [task.check_label_info("s1", {"idh_status": "Mutant", "cdr": 0.5}), task.check_label_info("s2", {})]
+out["errors"] = []
+for info in ({"idh_status": "maybe"}, {"cdr": "high"}, {"cdr": 1.5}):
+    try:
+        task.check_label_info("s3", info)
+    except LabelError as e:
+        out["errors"].append(str(e))
+records = [{"case": f"c{k}"} for k in range(5)]
+train, val = task.split(records, 0.2)
+one_train, one_val = task.split(records[:1], 0.2)
+out["split"] = [[r["case"] for r in x] for x in (train, val, one_train, one_val)]
+out["cause"] = _cause("x\\nValueError: no batch\\nRuntimeError: Failed to evaluate ConfigExpression:\\n")
+print("RESULTS " + json.dumps(out, default=str))
+"""
+
+
+@needs_venv
+def test_uncertainty_scores_and_label_coding():
+    """The strategy's per-task scores and the trainer's label info coding, split and error line (MONAI Label venv)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(VENV_PY), "-c", _HELPERS_SCRIPT, str(REPO / "monailabel_app")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+    assert out["margin"] == [1.0, 0.0, 0.0, 0.5]
+    # logits -2 and 2: p = 0.119 / 0.881 -> 0.527 bits each; logits 30: certain
+    assert out["entropy"][0] == pytest.approx(0.527, abs=1e-3) and out["entropy"][1] < 1e-6
+    assert out["entropy"][2] == pytest.approx(1.0)  # probabilities of 0.5 taken as they are
+    assert out["coded"][0] == {"idh": 1, "cdr": 0.5}
+    assert out["coded"][1]["idh"] == -1 and np.isnan(out["coded"][1]["cdr"])
+    assert len(out["errors"]) == 3 and all(e.startswith("study s3: label info ") for e in out["errors"])
+    assert "idh_status='maybe'" in out["errors"][0] and "['mutant', 'wildtype']" in out["errors"][0]
+    assert "cdr='high'" in out["errors"][1] and "cdr=1.5" in out["errors"][2]
+    train, val, one_train, one_val = out["split"]
+    assert len(val) == 1 and len(train) == 4 and not set(train) & set(val)
+    assert one_train == one_val == ["c0"]  # a single study validates on itself
+    assert out["cause"] == "ValueError: no batch"

@@ -129,6 +129,11 @@ def test_new_bundle_gets_dicom_seg_and_sr(new_bundle, tmp_path):
         if DCIODVFY is not None:
             assert dciodvfy_errors(str(path)) == [], dciodvfy_report(str(path))
     assert not (out / "p1_nifti" / "seg.dcm").exists()  # NIfTI input: files for people only
+    captures = sorted((out / "p1").glob("sc_*.dcm"))  # Secondary Captures: on by default, no config key needed
+    assert captures and not list((out / "p1_nifti").glob("sc*.dcm"))
+    for path in captures:
+        if DCIODVFY is not None:
+            assert dciodvfy_errors(str(path)) == [], dciodvfy_report(str(path))
     seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
     item = seg.SegmentSequence[0]
     assert item.SegmentLabel == SEGMENT and item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
@@ -136,6 +141,7 @@ def test_new_bundle_gets_dicom_seg_and_sr(new_bundle, tmp_path):
     assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == NAME
     source = pydicom.dcmread(sorted(new_bundle["series"].glob("*.dcm"))[0], stop_before_pixels=True)
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == source.StudyInstanceUID
+    assert {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in captures} == {source.StudyInstanceUID}
     row = json.loads((out / "p1" / f"p1_{TASK}.json").read_text())
     found = {}
     stack = list(sr.ContentSequence)

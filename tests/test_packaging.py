@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _pyproject_requirements() -> dict[str, Requirement]:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = data["dependencies"] + data["optional-dependencies"]["test"] + data["optional-dependencies"]["tracking"]
+    reqs += data["optional-dependencies"]["solvers"]
     return {Requirement(r).name.lower(): Requirement(r) for r in reqs}
 
 
@@ -100,7 +101,7 @@ for pkg in ("data", "dicom", "engines", "handlers", "inferers", "losses", "metri
     assert not missing, f"common.{pkg} lacks {missing}"
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not loaded, loaded
-from common.dicom import write_measurement_report, write_photo, write_segmentation
+from common.dicom import write_measurement_report, write_photo, write_secondary_captures, write_segmentation
 from common.handlers import DicomResultWriter, PacsExportHandler
 
 def fails(call, package, hint):
@@ -119,6 +120,8 @@ fails(lambda: write_segmentation([photo], mask, ["disc"], "fundus_glaucoma", "0.
       "highdicom", "pip install highdicom")
 fails(lambda: write_measurement_report([photo], sys.argv[1] + "/sr.dcm", "fundus_glaucoma", "0.1", {"vcdr": 0.4}),
       "highdicom", "pip install highdicom")
+fails(lambda: write_secondary_captures([photo], sys.argv[1], "fundus_glaucoma", "0.1", lines=["vcdr: 0.4"]),
+      "highdicom", "pip install highdicom")
 from common.pacs import Destination, cstore_instances, dicomweb_client
 fails(lambda: cstore_instances(Destination(protocol="cstore", host="127.0.0.1", port=11112, ae_title="PACS"), [photo]),
       "pynetdicom", "pip install pynetdicom")
@@ -132,8 +135,8 @@ def test_common_imports_without_highdicom_pynetdicom_dicomweb_client(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_OPTIONAL_LIBRARIES, str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("clear error:") == 4 and proc.stdout.strip().endswith("ok"), proc.stdout
-    assert not list(tmp_path.glob("seg.dcm")) and not list(tmp_path.glob("sr.dcm"))
+    assert proc.stdout.count("clear error:") == 5 and proc.stdout.strip().endswith("ok"), proc.stdout
+    assert not list(tmp_path.glob("seg.dcm")) and not list(tmp_path.glob("sr.dcm")) and not list(tmp_path.glob("sc*"))
 
 
 def _imported_subpackages(path: Path) -> set[str]:

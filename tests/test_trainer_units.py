@@ -37,12 +37,12 @@ def _loader(n=8, unknown_a=False):
     return [{"image": x, "a": a, "b": x[:, 1:2], "flag": torch.ones(n)}]
 
 
-def _trainer(net, phases=None, weighting="ew", inactive=None, loader=None, epochs=3):
+def _trainer(net, phases=None, weighting="ew", inactive=None, loader=None, epochs=3, weighting_args=None):
     loss = MultiTaskLoss({
         "a": {"loss": nn.BCEWithLogitsLoss(), "target": "a", "missing_value": -1},
         "b": {"loss": nn.MSELoss(), "target": "b"},
     })
-    w = get_weighting(weighting, ["a", "b"])
+    w = get_weighting(weighting, ["a", "b"], **(weighting_args or {}))
     opt = torch.optim.SGD(list(net.parameters()) + list(w.parameters()), lr=0.1)
     return MultiTaskTrainer(
         device="cpu", max_epochs=epochs, train_data_loader=loader or _loader(), network=net, optimizer=opt,
@@ -78,9 +78,16 @@ def test_missing_labels_still_train_other_tasks():
     assert not torch.equal(before_b, net.heads["b"].weight)
 
 
-@pytest.mark.parametrize("name", ["ew", "uw", "pcgrad", "cagrad", "famo"])
-def test_weightings_reduce_training_loss(name):
-    tr2 = _trainer(RecordingNet(), weighting=name, epochs=30)
+@pytest.mark.parametrize(
+    "name, args",
+    [("ew", {}), ("uw", {}), ("pcgrad", {}), ("cagrad", {}), ("famo", {}), ("upgrad", {}),
+     ("mgda", {"use_autogram": True})],  # autogram: the trainer attaches the network to the weighting
+)
+def test_weightings_reduce_training_loss(name, args):
+    solver = {"cagrad": "cvxpy", "upgrad": "quadprog"}.get(name)
+    if solver:
+        pytest.importorskip(solver)
+    tr2 = _trainer(RecordingNet(), weighting=name, epochs=30, weighting_args=args)
     hist = []
     tr2.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: hist.append(sum(e.state.output["task_losses"].values()))

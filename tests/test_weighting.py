@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -20,10 +21,28 @@ from common.weighting import (
     UncertaintyWeighting,
     get_weighting,
 )
-from common.weighting.cagrad import _solve_by_supports, project_simplex, solve_cagrad_weights
+from common.weighting.torchjd_adaptor import AGGREGATORS, SCALARIZERS
 
 TASKS = ["a", "b", "c"]
-NAMES = ["ew", "uw", "dwa", "gradnorm", "pcgrad", "cagrad", "imtl", "famo"]
+OWN = ["dwa", "gradnorm", "imtl", "famo"]  # the project's own methods; the rest come from TorchJD
+NAMES = sorted(WEIGHTINGS)
+#: constructor arguments a method needs beyond the task names (none at present)
+NEEDED: dict[str, dict] = {}
+_SOLVERS = {s.name: s.requires for s in AGGREGATORS}
+
+
+def solver_missing(name: str) -> bool:
+    from monai.utils import optional_import
+
+    return not all(optional_import(m)[1] for m in _SOLVERS.get(name, ()))
+
+
+def needs_solver(name: str):
+    """``name`` as a pytest param, skipped where its optional solver is not installed."""
+    return pytest.param(name, marks=pytest.mark.skipif(solver_missing(name), reason=f"{name}: solver missing"))
+
+
+PARAMS = [needs_solver(n) for n in NAMES]
 ATOL = 1e-6
 
 
@@ -75,17 +94,19 @@ def scalar_losses(values: dict[str, float]) -> tuple[nn.Parameter, dict[str, tor
 
 # ------------------------------------------------------------------------------------- registry / contract
 def test_registry_has_every_method():
-    assert set(NAMES) <= set(WEIGHTINGS)
+    assert {"ew", "uw", "pcgrad", "cagrad", "upgrad", "mgda", "imtl_g", "imtl_l", "nash_mtl", "config"} <= set(NAMES)
+    assert set(OWN) <= set(NAMES)
+    assert {s.name for s in AGGREGATORS} | {s.name for s in SCALARIZERS} | set(OWN) == set(NAMES)
     with pytest.raises(ValueError, match="name"):
         get_weighting("no-such-method", TASKS)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PARAMS)
 @pytest.mark.parametrize("present", [TASKS, ["a", "c"]])
 def test_backward_sets_finite_grads(name, present):
     model = make_model()
     x, ys = make_data()
-    weighting = get_weighting(name, TASKS)
+    weighting = get_weighting(name, TASKS, **NEEDED.get(name, {}))
     weights = weighting.backward(model_losses(model, x, ys, tasks=present), shared(model))
     assert list(weights) == present
     assert all(isinstance(w, float) and math.isfinite(w) for w in weights.values())
@@ -108,7 +129,10 @@ def test_backward_sets_finite_grads(name, present):
         ("gradnorm", {"alpha": -0.1}, "alpha"),
         ("gradnorm", {"lr": 0.0}, "lr"),
         ("cagrad", {"c": -0.1}, "c"),
-        ("cagrad", {"rescale": 3}, "rescale"),
+        ("upgrad", {"use_autogram": "yes"}, "use_autogram"),
+        ("config", {"use_autogram": True}, "use_autogram"),
+        ("stch", {"mu": 0.0}, "mu"),
+        ("mgda", {"no_such_argument": 1}, "arguments"),
         ("pcgrad", {"seed": "x"}, "seed"),
         ("famo", {"lr": -1.0}, "lr"),
         ("famo", {"weight_decay": -1.0}, "weight_decay"),
@@ -144,19 +168,33 @@ def test_ew_equals_plain_sum():
 def test_uw_weights_and_learning():
     uw = UncertaintyWeighting(["a", "b"])
     with torch.no_grad():
-        uw.log_vars.copy_(torch.tensor([0.3, -0.5]))
+        uw.scalarizer.log_var.copy_(torch.tensor([0.3, -0.5]))  # TorchJD's UW
     p, losses = scalar_losses({"a": 10.0, "b": 0.1})
     weights = uw.backward(losses, [p])
     s = torch.tensor([0.3, -0.5])
     assert weights["a"] == pytest.approx(0.5 * math.exp(-0.3)) and weights["b"] == pytest.approx(0.5 * math.exp(0.5))
     # d/ds (0.5 exp(-s) L + 0.5 s) = 0.5 - 0.5 exp(-s) L
-    torch.testing.assert_close(uw.log_vars.grad, 0.5 - 0.5 * torch.exp(-s) * torch.tensor([10.0, 0.1]))
+    log_var = uw.scalarizer.log_var
+    torch.testing.assert_close(log_var.grad, 0.5 - 0.5 * torch.exp(-s) * torch.tensor([10.0, 0.1]))
     assert p.grad.item() == pytest.approx(0.5 * math.exp(-0.3) * 10 + 0.5 * math.exp(0.5) * 0.1, rel=1e-5)
-    before = uw.task_weights().clone()
     torch.optim.SGD(uw.parameters(), lr=0.1).step()
-    assert uw.log_vars[0] > 0.3  # large loss: s_a grows, its weight falls
-    assert uw.task_weights()[0] < before[0]
-    assert uw.log_vars[1] < -0.5  # small loss: s_b falls, its weight grows
+    assert log_var[0] > 0.3  # large loss: s_a grows, its weight falls
+    assert log_var[1] < -0.5  # small loss: s_b falls, its weight grows
+    p, losses = scalar_losses({"a": 10.0, "b": 0.1})
+    after = uw.backward(losses, [p])
+    assert after["a"] < weights["a"] and after["b"] > weights["b"]
+    # a batch without task b: only s_a gets a gradient
+    uw.zero_grad()
+    p, losses = scalar_losses({"a": 10.0})
+    assert list(uw.backward(losses, [p])) == ["a"]
+    assert log_var.grad[0] != 0 and log_var.grad[1] == 0
+
+
+def test_uw_loads_checkpoints_of_the_former_implementation():
+    old = {"log_vars": torch.tensor([0.2, -0.1])}  # state dict of the project's own UW before TorchJD
+    uw = UncertaintyWeighting(["a", "b"])
+    uw.load_state_dict(old)
+    torch.testing.assert_close(uw.scalarizer.log_var.detach(), old["log_vars"])
 
 
 # -------------------------------------------------------------------------------------------------- DWA
@@ -267,7 +305,7 @@ def test_pcgrad_seeded_order_is_reproducible():
 # ----------------------------------------------------------------------------------------------- CAGrad
 def test_cagrad_c0_is_mean_gradient():
     names, g, p, heads, losses = linear_problem([[1.0, 0.0], [-0.8, 0.3], [0.2, -1.0]])
-    CAGrad(names, c=0.0).backward(losses, [p])
+    CAGrad(names, c=0.0).backward(losses, [p])  # TorchJD's CAGrad
     torch.testing.assert_close(p.grad, g.mean(0))
     for i, h in enumerate(heads):
         torch.testing.assert_close(h.grad, 2 * (i + 1) * h.detach())
@@ -277,9 +315,9 @@ def test_cagrad_c0_is_mean_gradient():
 def test_cagrad_constraint_and_worst_case_improvement(grads):
     c = 0.4
     names, g, p, _, losses = linear_problem(grads)
-    weights = CAGrad(names, c=c, rescale=1).backward(losses, [p])
-    d = p.grad * (1 + c**2)  # undo the documented rescale
-    torch.testing.assert_close(d, sum(w * g[i] for i, w in enumerate(weights.values())) * (1 + c**2))
+    weights = CAGrad(names, c=c).backward(losses, [p])
+    d = p.grad  # TorchJD's CAGrad: no rescale by 1 + c^2
+    torch.testing.assert_close(d, sum(w * g[i] for i, w in enumerate(weights.values())))
     g0 = g.mean(0)
     assert float((d - g0).norm()) <= c * float(g0.norm()) + 1e-5
     worst_d, worst_g0 = float((g @ d).min()), float((g @ g0).min())
@@ -293,10 +331,12 @@ def test_cagrad_constraint_and_worst_case_improvement(grads):
 
 
 def test_cagrad_solver_matches_grid_search():
-    g = torch.tensor([[1.0, 0.3, -0.2], [-0.7, 0.5, 0.1]], dtype=torch.float64)
-    gram = g @ g.T
+    g = torch.tensor([[1.0, 0.3, -0.2], [-0.7, 0.5, 0.1]])
     c = 0.5
-    w = solve_cagrad_weights(gram, c)
+    names, _, p, _, losses = linear_problem(g.tolist())
+    weights = torch.tensor(list(CAGrad(names, c=c).backward(losses, [p]).values()), dtype=torch.float64)
+    g = g.double()
+    w = (weights - 0.5) / (weights - 0.5).sum()  # TorchJD: weights = 1/m + ||g0|| c / ||g_w|| * w
     g0 = g.mean(0)
 
     def objective(w):
@@ -304,21 +344,10 @@ def test_cagrad_solver_matches_grid_search():
         return float(gw @ g0 + c * g0.norm() * gw.norm())
 
     t = torch.linspace(0, 1, 20001, dtype=torch.float64)
-    grid = min(objective(torch.stack([s, 1 - s])) for s in t[::20])
     fine = torch.stack([t, 1 - t], 1) @ g
-    grid = min(grid, float((fine @ g0 + c * g0.norm() * fine.norm(dim=1)).min()))
-    assert float(w.sum()) == pytest.approx(1.0) and float(w.min()) >= 0
-    assert objective(w) <= grid + 1e-9
-    # the projected-gradient fallback reaches the exact solution on a generic problem
-    g3 = torch.tensor([[1.0, 0.2, 0.0, 0.3], [-0.5, 1.0, 0.1, 0.0], [0.1, -0.9, 0.4, -0.2]], dtype=torch.float64)
-    exact, pgd = solve_cagrad_weights(g3 @ g3.T, 0.4), solve_cagrad_weights(g3 @ g3.T, 0.4, max_exact_tasks=0)
-    torch.testing.assert_close(exact, pgd, atol=1e-4, rtol=0)
-    a = g3 @ g3.T / torch.diagonal(g3 @ g3.T).mean()
-    ab = a.mean(1)
-    kkt = _solve_by_supports(a, ab, 0.4 * float(ab.mean().sqrt()), tol=1e-9)  # the exact path finds it
-    assert kkt is not None
-    torch.testing.assert_close(kkt, exact)
-    torch.testing.assert_close(project_simplex(torch.tensor([0.2, 0.9, -0.3])), torch.tensor([0.15, 0.85, 0.0]))
+    grid = float((fine @ g0 + c * g0.norm() * fine.norm(dim=1)).min())
+    assert float(w.sum()) == pytest.approx(1.0) and float(w.min()) >= -1e-6
+    assert objective(w) <= grid + 1e-6
 
 
 # ------------------------------------------------------------------------------------------------- IMTL
@@ -387,7 +416,8 @@ def test_famo_clamps_nonpositive_losses():
 
 
 # ---------------------------------------------------------------------------------------- state round trip
-KWARGS = {"pcgrad": {"seed": 1}, "gradnorm": {"lr": 0.05}}
+RANDOM = {s.name for s in AGGREGATORS if s.random}
+KWARGS = {**{n: {"seed": 1} for n in RANDOM}, "gradnorm": {"lr": 0.05}}
 
 
 def _drive(weighting, model, x, ys, steps: int = 6) -> None:
@@ -402,16 +432,19 @@ def _drive(weighting, model, x, ys, steps: int = 6) -> None:
             weighting.on_epoch_end()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PARAMS)
 def test_state_dict_round_trip(name):
     model = make_model()
     x, ys = make_data()
-    original = get_weighting(name, TASKS, **KWARGS.get(name, {}))
+    original = get_weighting(name, TASKS, **KWARGS.get(name, {}), **NEEDED.get(name, {}))
     _drive(original, model, x, ys)
-    other_kwargs = {"seed": 99} if name == "pcgrad" else KWARGS.get(name, {})
+    other_kwargs = {**({"seed": 99} if name in RANDOM else KWARGS.get(name, {})), **NEEDED.get(name, {})}
     restored = get_weighting(name, TASKS, **other_kwargs)
     fresh = get_weighting(name, TASKS, **other_kwargs)
-    restored.load_state_dict(copy.deepcopy(original.state_dict()))
+    buffer = io.BytesIO()  # through a file as a resume checkpoint, read back with weights_only as ResumeCheckpoint
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
 
     results = []
     for weighting in (original, restored, fresh):
@@ -421,7 +454,146 @@ def test_state_dict_round_trip(name):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6, abs=1e-9)
     for g_orig, g_rest in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(g_orig, g_rest)
-    if name in {"uw", "dwa", "gradnorm", "imtl", "famo"}:  # the state matters: a fresh instance differs
+    if name in {"uw", "imtl_l", "dwa", "gradnorm", "imtl", "famo", "gradvac", "pcd"}:  # the state matters
         assert results[2][0] != pytest.approx(results[0][0], rel=1e-6, abs=1e-9)
-    if name == "pcgrad":
+    if name in RANDOM:
         assert torch.equal(original.generator.get_state(), restored.generator.get_state())
+
+
+# ---------------------------------------------------------------------------------- TorchJD aggregators
+CONFLICTING = [
+    [[1.0, 0.0, 0.2], [-0.9, 0.4, 0.0], [0.1, -1.0, 0.5]],
+    [[2.0, 1.0], [-1.0, 0.1]],
+    [[1.0, 0.5, -0.3, 0.0], [-0.2, 1.0, 0.4, -0.6], [-0.8, -0.7, 0.1, 0.2], [0.3, 0.0, -1.0, 0.9]],
+]
+
+
+@pytest.mark.parametrize("name", [needs_solver("upgrad"), needs_solver("dualproj")])
+@pytest.mark.parametrize("grads", CONFLICTING)
+def test_dual_cone_update_never_conflicts(name, grads):
+    names, g, p, heads, losses = linear_problem(grads)
+    weights = get_weighting(name, names).backward(losses, [p])
+    # non-negative inner product with every task (up to the QP solver's 1e-4 regularisation)
+    assert bool(((g @ p.grad) >= -1e-3 * g.norm(dim=1) * p.grad.norm()).all()), g @ p.grad
+    assert bool(((g @ g.mean(0)) < 0).any())  # while the mean gradient conflicts with some task
+    torch.testing.assert_close(p.grad, torch.tensor(list(weights.values())) @ g, atol=1e-5, rtol=1e-5)
+    for i, h in enumerate(heads):
+        torch.testing.assert_close(h.grad, 2 * (i + 1) * h.detach())
+
+
+@pytest.mark.parametrize("grads", CONFLICTING)
+def test_mgda_min_norm_convex_combination(grads):
+    names, g, p, _, losses = linear_problem(grads)
+    mgda = get_weighting("mgda", names, epsilon=1e-9, max_iters=2000)  # TorchJD's Frank-Wolfe, run longer
+    w = torch.tensor(list(mgda.backward(losses, [p]).values()))
+    assert float(w.min()) >= -1e-6 and float(w.sum()) == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(p.grad, w @ g, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)  # no sampled convex combination is shorter
+    samples = torch.distributions.Dirichlet(torch.ones(len(names))).sample((5000,)) @ g
+    assert float(p.grad.norm()) <= float(samples.norm(dim=1).min()) + 1e-3
+    d = p.grad  # optimality of the min-norm point: d . g_i >= ||d||^2 for every task
+    assert bool(((g @ d) >= d.dot(d) - 1e-3).all())
+
+
+def test_imtl_g_equal_projections():
+    names, g, p, _, losses = linear_problem([[1.0, 0.0, 0.5, 0.0], [-0.5, 2.0, 0.0, 0.1], [0.3, -0.4, 1.5, 1.0]])
+    weights = get_weighting("imtl_g", names).backward(losses, [p])
+    proj = (g / g.norm(dim=1, keepdim=True)) @ p.grad
+    torch.testing.assert_close(proj, proj[0].expand(3), atol=1e-5, rtol=1e-5)
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_imtl_l_scales_losses():
+    imtl_l = get_weighting("imtl_l", ["a", "b"])
+    with torch.no_grad():
+        imtl_l.scalarizer.log_scale.copy_(torch.tensor([0.5, -1.0]))
+    p, losses = scalar_losses({"a": 2.0, "b": 3.0})
+    weights = imtl_l.backward(losses, [p])
+    assert weights == pytest.approx({"a": math.exp(0.5), "b": math.exp(-1.0)}, rel=1e-5)
+    torch.testing.assert_close(imtl_l.scalarizer.log_scale.grad, torch.exp(torch.tensor([0.5, -1.0])) * 
+                               torch.tensor([2.0, 3.0]) - 1)
+
+
+def test_stch_approaches_the_maximum():
+    p, losses = scalar_losses({"a": 1.0, "b": 3.0, "c": 2.0})
+    weights = get_weighting("stch", ["a", "b", "c"], mu=1e-3).backward(losses, [p])
+    assert weights["b"] == pytest.approx(1 / 3, rel=1e-3) and weights["a"] < 1e-6  # gradient of max_i L_i / 3
+
+
+def test_missing_solver_names_method_and_extra(monkeypatch):
+    import common.weighting.torchjd_adaptor as adaptor
+    from common.errors import SettingsError
+
+    monkeypatch.setattr(adaptor, "optional_import", lambda name: (None, name != "cvxpy"))
+    with pytest.raises(SettingsError, match=r"cagrad.*cvxpy.*\[solvers\]"):
+        get_weighting("cagrad", TASKS)
+    get_weighting("mgda", TASKS)  # needs no solver
+
+
+class TinyNet(nn.Module):
+    """Trunk (Linear + GroupNorm) shared by per-task heads; ``shared_parameters`` as the bundles' networks."""
+
+    def __init__(self, tasks=TASKS):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Tanh(), nn.Linear(8, 8))
+        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in tasks})
+
+    def shared_parameters(self):
+        return self.trunk.parameters()
+
+    def losses(self, x, ys, tasks):
+        f = self.trunk(x)
+        return {t: ((self.heads[t](f) - ys[t]) ** 2).mean() for t in tasks}
+
+
+class TokenTrunk(nn.Module):
+    """A module with its own parameter and parameterised children (as a ViT encoder with its CLS token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.linspace(-0.5, 0.5, 4))
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.body(x + self.shift)
+
+
+class TokenNet(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.trunk = TokenTrunk()
+
+
+@pytest.mark.parametrize("name", ["mgda", "imtl_g", "pcgrad", needs_solver("upgrad"), "gradvac"])
+@pytest.mark.parametrize("present", [TASKS, ["a", "c"]])
+@pytest.mark.parametrize("net_cls", [TinyNet, TokenNet])
+def test_autogram_matches_one_backward_per_task(name, present, net_cls):
+    x, ys = make_data()
+    grads = []
+    for autogram in (False, True):
+        net = net_cls()
+        w = get_weighting(name, TASKS, use_autogram=autogram, **({"seed": 3} if name in RANDOM else {}))
+        w.attach(net)
+        weights = w.backward(net.losses(x, ys, present), list(net.shared_parameters()))
+        grads.append((weights, {n: q.grad for n, q in net.named_parameters()}))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-4, abs=1e-6)
+    for n, g in grads[0][1].items():
+        if g is None:
+            assert grads[1][1][n] is None, n
+        else:
+            torch.testing.assert_close(grads[1][1][n], g, atol=1e-5, rtol=1e-4)
+
+
+def test_autogram_needs_attach():
+    net = TinyNet()
+    x, ys = make_data()
+    with pytest.raises(ValueError, match="attach"):
+        get_weighting("mgda", TASKS, use_autogram=True).backward(net.losses(x, ys, TASKS), list(net.parameters()))
+
+
+def test_docs_list_every_method():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "weighting.md").read_text()
+    assert [n for n in NAMES if f"| `{n}` |" not in text] == []

@@ -1,7 +1,7 @@
-"""DICOM input and output: series and study folders to volumes, ophthalmic photographs to RGB, DICOM SEG and
-SR of the results, coded concepts, and the test-data converters.
+"""DICOM input and output: series and study folders to volumes, ophthalmic photographs to RGB, DICOM SEG, SR and
+Secondary Capture of the results, coded concepts, and the test-data converters.
 
-SEG/SR writing needs highdicom, an optional import: this package imports without it (MONAI Label's environment),
+SEG/SR/SC writing needs highdicom, an optional import: this package imports without it (MONAI Label's environment),
 and the writers name the missing package when called."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .frames import (
     sort_source_datasets,
 )
 from .photo import PHOTO_SOP_CLASSES, DicomPhotoReader, read_photo, read_photo_dataset
+from .sc import NOT_FOR_DIAGNOSIS, key_frames, render_capture, write_secondary_captures
 from .seg import MANUFACTURER, algorithm_identification, segment_descriptions, write_segmentation
 from .series import (
     MULTIFRAME_VOLUME_SOP_CLASSES,
@@ -75,6 +76,7 @@ __all__ = [
     "MeasurementCode",
     "ModalityRule",
     "NON_IMAGE_SOP_CLASSES",
+    "NOT_FOR_DIAGNOSIS",
     "PHOTO_SOP_CLASSES",
     "PRIVATE_SCHEME",
     "PRIVATE_SCHEME_NAME",
@@ -91,6 +93,7 @@ __all__ = [
     "has_geometry",
     "holds_dicom",
     "is_multiframe_volume",
+    "key_frames",
     "list_dicom_files",
     "map_study_modalities",
     "mask_to_source_frames",
@@ -106,6 +109,7 @@ __all__ = [
     "read_photo_dataset",
     "read_series",
     "read_study",
+    "render_capture",
     "segment_code",
     "segment_codes",
     "segment_descriptions",
@@ -115,6 +119,7 @@ __all__ = [
     "write_measurement_report",
     "write_mr_series",
     "write_photo",
+    "write_secondary_captures",
     "write_segmentation",
 ]
 

@@ -64,6 +64,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         if not isinstance(weighting, Weighting):
             raise ValueError(f"weighting must be a common.weighting.Weighting, got {type(weighting).__name__}.")
         self.weighting = weighting
+        weighting.attach(self._core_network())  # e.g. TorchJD's autogram engine hooks the shared modules
         task_names = list(getattr(self.loss_function, "task_names", weighting.task_names))
         self.phases = list(phases) if phases else [{"epochs": 1, "tasks": task_names}]
         for i, phase in enumerate(self.phases):

@@ -26,6 +26,7 @@ from .run_lock import LOCK_FILE, RunLock, RunLockedError
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_affinity import TaskAffinity
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
+from .temperature_fitter import TemperatureFitter
 from .volume_predictions import SegClassPredictionWriter
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "TaskAffinity",
     "TaskEpochSummary",
     "TaskProgressBar",
+    "TemperatureFitter",
     "check_model_settings",
     "collect_case_results",
     "draw_contours",

@@ -1,9 +1,11 @@
-"""DICOM SEG + SR of a bundle's inference results, for the cases whose input was DICOM.
+"""DICOM SEG + SR (+ Secondary Capture) of a bundle's inference results, for the cases whose input was DICOM.
 
 :class:`DicomResultWriter`, attached to the inference evaluator after the bundle's prediction writer, takes each
 case's :class:`~common.handlers.case_results.CaseResult` from ``engine.state.case_results`` (in memory) and, when
-the case came from a DICOM source, writes ``<output_dir>/<case>/seg.dcm`` (when the result has masks) and
-``<output_dir>/<case>/sr.dcm`` into the source's study. The paths written go to ``engine.state.dicom_results``
+the case came from a DICOM source, writes ``<output_dir>/<case>/seg.dcm`` (when the result has masks),
+``<output_dir>/<case>/sr.dcm`` and Secondary Capture images (``sc.dcm`` for a 2-D image, ``sc_<slice>.dcm`` for
+key slices of a volume: the source with segment outlines and the numbers burned in, for any viewer) into the
+source's study. The paths written go to ``engine.state.dicom_results``
 (case -> list of files) for the PACS export attached after it. The codes of segments and measurements come from the
 bundle config (``dicom_codes``, see :mod:`common.dicom.codes`), so nothing here knows a bundle or a task.
 """
@@ -24,13 +26,14 @@ from pydicom.errors import InvalidDicomError
 
 from common.dicom.codes import concept_key, measurement_code, measurement_codes, segment_code, segment_codes
 from common.dicom.frames import mask_to_source_frames, sort_source_datasets
+from common.dicom.sc import write_secondary_captures
 from common.dicom.seg import write_segmentation
 from common.dicom.sr import write_measurement_report
 from common.errors import DatasetError
 
 from .case_results import CaseResult, CaseResultConsumer, Measurement
 
-__all__ = ["DicomResultWriter", "read_dicom_source", "write_case_result"]
+__all__ = ["DicomResultWriter", "capture_text", "measurement_text", "read_dicom_source", "write_case_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,30 @@ def _finite(values: Mapping[str, Measurement]) -> dict[str, Measurement]:
     return {k: m for k, m in values.items() if m.finite}
 
 
+def measurement_text(name: str, m: Measurement) -> str:
+    """One measurement for people: ``"name (description): value unit"`` (``"not available"`` when not finite; no
+    unit for a dimensionless ``"1"`` or a UCUM annotation such as ``"{ratio}"``)."""
+    label = f"{name} ({m.description})" if m.description and m.description != name else name
+    if not m.finite:
+        return f"{label}: not available"
+    value = float(m.value)  # type: ignore[arg-type]
+    number = f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    unit = "" if m.unit == "1" or (m.unit.startswith("{") and m.unit.endswith("}")) else f" {m.unit}"
+    return f"{label}: {number}{unit}"
+
+
+def capture_text(result: CaseResult, n_images: int) -> tuple[list[str], dict[int, list[str]]]:
+    """The text lines of a case's Secondary Captures: case-level and per-segment measurements, and per-image
+    measurements by image index (only when they fit the ``n_images`` source images)."""
+    lines = [measurement_text(k, m) for k, m in result.measurements.items()]
+    lines += [measurement_text(f"{s} {k}", m) for s, v in result.segment_measurements.items() for k, m in v.items()]
+    per_image: dict[int, list[str]] = {}
+    if result.image_measurements and max(k for k, _ in result.image_measurements) < n_images:
+        for k, found in result.image_measurements:
+            per_image.setdefault(int(k), []).extend(f"this image: {measurement_text(n, m)}" for n, m in found.items())
+    return lines, per_image
+
+
 def write_case_result(
     result: CaseResult,
     sources: list[Dataset],
@@ -73,8 +100,11 @@ def write_case_result(
     algorithm_name: str,
     algorithm_version: str,
     codes: Mapping[str, Any] | None = None,
+    secondary_capture: bool = False,
+    capture_images: int = 5,
 ) -> dict[str, str]:
-    """Write ``out_dir/seg.dcm`` (when ``result`` has masks) and ``out_dir/sr.dcm``; return their paths by name.
+    """Write ``out_dir/seg.dcm`` (when ``result`` has masks), ``out_dir/sr.dcm`` (when it has a finite measurement)
+    and, with ``secondary_capture``, Secondary Captures; return their paths by name (file name without ``.dcm``).
 
     Args:
         result: one case's hand-over from a prediction writer.
@@ -82,6 +112,8 @@ def write_case_result(
         out_dir: output folder.
         algorithm_name, algorithm_version: the bundle's name and version.
         codes: the bundle config's ``dicom_codes`` (``{"segments": {...}, "measurements": {...}}``).
+        secondary_capture: also write SC images (see :func:`common.dicom.sc.write_secondary_captures`).
+        capture_images: most SC images of a volume (key slices).
 
     Raises:
         ValueError: a segment or measurement without codes (the message names the config key to add).
@@ -125,19 +157,27 @@ def write_case_result(
             )
     if not (case_values or per_segment or any(v for _, v in per_image)):
         logger.warning(f"case '{result.case}': no finite measurement to report; no SR written.")
-        return paths
-    paths["sr"] = os.path.join(out_dir, "sr.dcm")
-    write_measurement_report(
-        sources,
-        paths["sr"],
-        algorithm_name,
-        algorithm_version,
-        measurements=case_values,
-        image_measurements=[(ds, v) for ds, v in per_image if v] or None,
-        segmentation=seg,
-        segment_measurements=per_segment,
-        measurement_table=table,
-    )
+    else:
+        paths["sr"] = os.path.join(out_dir, "sr.dcm")
+        write_measurement_report(
+            sources,
+            paths["sr"],
+            algorithm_name,
+            algorithm_version,
+            measurements=case_values,
+            image_measurements=[(ds, v) for ds, v in per_image if v] or None,
+            segmentation=seg,
+            segment_measurements=per_segment,
+            measurement_table=table,
+        )
+    if secondary_capture:
+        lines, per_image_text = capture_text(result, len(sort_source_datasets(sources)))
+        for path in write_secondary_captures(
+            sources, out_dir, algorithm_name, algorithm_version,
+            masks=frames if seg is not None else None, segments=list(result.segments) if seg is not None else [],
+            lines=lines, warnings=list(result.flags), frame_lines=per_image_text, max_frames=capture_images,
+        ):
+            paths[os.path.splitext(os.path.basename(path))[0]] = path
     return paths
 
 
@@ -154,6 +194,9 @@ class DicomResultWriter(CaseResultConsumer):
         algorithm_version: its version (in a config: ``"@_meta_#version"``, from metadata.json).
         codes: the codes of the bundle's segments and measurements (a config's ``dicom_codes``).
         enabled: False makes the handler do nothing (a config flag).
+        secondary_capture: also write Secondary Capture images (source + segment outlines + numbers burned in,
+            "NOT FOR DIAGNOSIS") for viewers that show neither SEG nor SR (a config flag).
+        capture_images: most SC images per volume (key slices; see :func:`common.dicom.sc.key_frames`).
     """
 
     def __init__(
@@ -163,6 +206,8 @@ class DicomResultWriter(CaseResultConsumer):
         algorithm_version: str,
         codes: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        secondary_capture: bool = True,
+        capture_images: int = 5,
     ) -> None:
         self.output_dir = str(output_dir)
         self.name, self.version = str(algorithm_name), str(algorithm_version)
@@ -173,6 +218,10 @@ class DicomResultWriter(CaseResultConsumer):
                 f"{algorithm_version!r}."
             )
         self.codes = dict(codes or {})
+        self.secondary_capture = str(secondary_capture).lower() not in ("false", "0", "no")
+        self.capture_images = int(capture_images)
+        if self.capture_images < 1:
+            raise ValueError(f"capture_images must be >= 1, got {capture_images}.")
         if self.enabled:  # a config error shows before inference starts
             segment_codes(self.codes.get("segments"))
             measurement_codes(self.codes.get("measurements"))
@@ -192,10 +241,14 @@ class DicomResultWriter(CaseResultConsumer):
             return
         sources = read_dicom_source(result.source)
         written = write_case_result(
-            result, sources, os.path.join(self.output_dir, result.case), self.name, self.version, self.codes
+            result, sources, os.path.join(self.output_dir, result.case), self.name, self.version, self.codes,
+            secondary_capture=self.secondary_capture, capture_images=self.capture_images,
         )
         engine.state.dicom_results[result.case] = list(written.values())
-        logger.info(f"case '{result.case}': DICOM {' + '.join(sorted(written))} written from {result.source}")
+        kinds = [k for k in ("seg", "sr") if k in written]
+        n_sc = sum(k.startswith("sc") for k in written)
+        kinds += [f"{n_sc} SC"] if n_sc else []
+        logger.info(f"case '{result.case}': DICOM {' + '.join(kinds) or 'nothing'} written from {result.source}")
 
     def completed(self, engine: Engine) -> None:
         if self._skipped:

@@ -23,12 +23,21 @@ class MetricsJSONWriter:
     Args:
         output_dir: folder of the file (created).
         filename: file name.
-        keys: metric names to write (default: every numeric metric).
+        keys: metric names to write (default: every numeric metric); each must have been computed.
+        optional_keys: further metric names written when computed (e.g. the uncalibrated ECE, only with a
+            calibration file).
     """
 
-    def __init__(self, output_dir: str, filename: str = "metrics.json", keys: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        filename: str = "metrics.json",
+        keys: Sequence[str] | None = None,
+        optional_keys: Sequence[str] = (),
+    ) -> None:
         self.output_dir, self.filename = str(output_dir), filename
         self.keys = list(keys) if keys is not None else None
+        self.optional_keys = list(optional_keys)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -36,6 +45,7 @@ class MetricsJSONWriter:
     def __call__(self, engine: Engine) -> None:
         metrics = engine.state.metrics
         keys = self.keys if self.keys is not None else sorted(metrics)
+        keys = keys + [k for k in self.optional_keys if k in metrics and k not in keys]
         out = {}
         for k in keys:
             if k not in metrics:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from .disc_crop import DiscCropInferer, central_green_std
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
+from .temperature import TemperatureScaledInferer
 
 __all__ = [
     "DiscCropInferer",
     "SegClassSlidingWindowInferer",
+    "TemperatureScaledInferer",
     "central_green_std",
 ]

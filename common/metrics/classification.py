@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ from monai.metrics import compute_roc_auc
 from monai.utils import CommonKeys as Keys
 
 from .bootstrap import case_bootstrap_ci
+from .calibration import UNCALIBRATED_SUFFIX, calibration_scores
 from .output_dict import OutputDictMetric
+from .reliability_diagram import draw_reliability_diagram
 
 __all__ = ["BinaryTaskMetrics", "balanced_accuracy", "roc_auc"]
 
@@ -32,12 +35,15 @@ def balanced_accuracy(y_pred: np.ndarray, y_true: np.ndarray) -> float:
 
 
 class BinaryTaskMetrics(OutputDictMetric):
-    """ROC-AUC with a case-level bootstrap 95% CI, accuracy and balanced accuracy of one binary task.
+    """ROC-AUC with a case-level bootstrap 95% CI, accuracy, balanced accuracy and calibration of one binary task.
 
     Reads ``output["pred"][task]`` (logits, ``(B,)`` or ``(B, 1)``), ``output["label"][label_key]`` and the case
     ids ``output["label"][case_key]``; samples whose label equals ``missing_value`` are skipped. ``compute``
     returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_balanced_accuracy,
-    count_key}`` (balanced accuracy: mean of sensitivity and specificity, nan with one class absent).
+    prefix_ece, prefix_brier, count_key}`` (balanced accuracy: mean of sensitivity and specificity, nan with one
+    class absent; ECE and Brier score: :mod:`common.metrics.calibration`). When the predictions also hold the logits
+    before temperature scaling (``<task>_uncalibrated``, see :class:`common.inferers.TemperatureScaledInferer`),
+    also ``prefix_ece_uncalibrated`` and ``prefix_brier_uncalibrated``.
     :meth:`details` gives every sample's ``prefix_label`` (NaN where unknown), ``prefix_prob`` and
     ``prefix_accuracy`` (1 if right, 0 if wrong, NaN where unknown): the ROC-AUC of the labelled samples' probabilities
     is ``prefix_auc``.
@@ -51,8 +57,9 @@ class BinaryTaskMetrics(OutputDictMetric):
         n_bootstrap: bootstrap resamples (0 disables the CI).
         missing_value: label value meaning "unknown".
         count_key: key of the number of labelled samples (default ``prefix_n``).
+        reliability_dir: folder of the reliability diagram ``<prefix>_reliability.png`` written by ``compute``
+            (None: none).
     """
-
 
     def __init__(
         self,
@@ -65,6 +72,7 @@ class BinaryTaskMetrics(OutputDictMetric):
         missing_value: float = -1,
         seed: int = 0,
         count_key: str | None = None,
+        reliability_dir: str | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if n_bootstrap < 0:
@@ -73,12 +81,14 @@ class BinaryTaskMetrics(OutputDictMetric):
         self.prefix = prefix or task
         self.count_key = count_key or f"{self.prefix}_n"
         self.threshold, self.n_bootstrap, self.missing_value, self.seed = threshold, n_bootstrap, missing_value, seed
+        self.reliability_dir = reliability_dir
         super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
 
     @reinit__is_reduced
     def reset(self) -> None:
         self._probs: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
+        self._raw_probs: list[np.ndarray] = []
         self._cases: list[Any] = []
         self._all_probs: list[np.ndarray] = []
         self._all_labels: list[np.ndarray] = []
@@ -93,6 +103,9 @@ class BinaryTaskMetrics(OutputDictMetric):
         self._all_probs.append(torch.sigmoid(logits).numpy())
         self._all_labels.append(torch.where(known, labels, torch.full_like(labels, float("nan"))).numpy())
         self._probs.append(torch.sigmoid(logits)[known].numpy())
+        raw = output[Keys.PRED].get(f"{self.task}{UNCALIBRATED_SUFFIX}")
+        if raw is not None:
+            self._raw_probs.append(torch.sigmoid(raw.detach().float().reshape(-1).cpu())[known].numpy())
         self._labels.append(labels[known].numpy())
         cases = output[Keys.LABEL].get(self.case_key) if self.case_key else None
         if cases is None:
@@ -119,7 +132,16 @@ class BinaryTaskMetrics(OutputDictMetric):
             ),
             f"{self.prefix}_balanced_accuracy": balanced_accuracy(probs >= self.threshold, labels > 0.5),
             self.count_key: int(len(labels)),
+            **calibration_scores(probs, labels, self.prefix),
         }
+        curves = {"model output": (probs, labels)}
+        if self._raw_probs:
+            raw = np.concatenate(self._raw_probs)
+            out.update(calibration_scores(raw, labels, self.prefix, UNCALIBRATED_SUFFIX))
+            curves = {"temperature-scaled": (probs, labels), "uncalibrated": (raw, labels)}
+        if self.reliability_dir is not None:
+            path = os.path.join(self.reliability_dir, f"{self.prefix}_reliability.png")
+            draw_reliability_diagram(path, curves, title=f"{self.prefix}: reliability ({len(labels)} samples)")
         if self.n_bootstrap:
             low, high = case_bootstrap_ci(roc_auc, probs, labels, self._cases, self.n_bootstrap, seed=self.seed)
             out[f"{self.prefix}_auc_ci_low"], out[f"{self.prefix}_auc_ci_high"] = low, high

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,8 +13,10 @@ from monai.utils import CommonKeys as Keys
 
 from ..data.factors import FactorTable
 from .bootstrap import case_bootstrap_ci
+from .calibration import UNCALIBRATED_SUFFIX, calibration_scores
 from .classification import balanced_accuracy, roc_auc
 from .output_dict import OutputDictMetric
+from .reliability_diagram import draw_reliability_diagram
 
 __all__ = ["FactorMetrics", "mae", "rmse"]
 
@@ -34,9 +37,12 @@ class FactorMetrics(OutputDictMetric):
     Regression factors (predictions in original units): ``<factor>_mae``, ``<factor>_rmse`` and the CI of the
     MAE. Binary factors (logits): ``<factor>_auc`` of the **probabilities** (never of thresholded
     predictions) with ``_ci_low``/``_ci_high``, ``<factor>_accuracy`` and ``<factor>_balanced_accuracy`` at
-    ``threshold``. Every factor also gets ``<factor>_n`` (images with a known value). Missing values (NaN in the
-    targets) are skipped per factor. Also ``n_images``, ``n_patients`` and ``score``: the mean over factors of
-    the AUC (binary) and ``1 - MAE / scale`` (regression), higher is better, for model selection.
+    ``threshold``, ``<factor>_ece`` and ``<factor>_brier`` (:mod:`common.metrics.calibration`; with
+    ``<factor>_ece_uncalibrated``/``<factor>_brier_uncalibrated`` too when the predictions hold the logits before
+    temperature scaling, ``<factor>_uncalibrated``). Every factor also gets ``<factor>_n`` (images with a known
+    value). Missing values (NaN in the targets) are skipped per factor. Also ``n_images``, ``n_patients`` and
+    ``score``: the mean over factors of the AUC (binary) and ``1 - MAE / scale`` (regression), higher is better,
+    for model selection.
 
     :meth:`details` gives every image's ``<factor>_label`` (NaN where missing) and, for a binary factor,
     ``<factor>_prob`` and ``<factor>_accuracy`` (1 right, 0 wrong), for a regression factor ``<factor>_pred`` and
@@ -51,6 +57,8 @@ class FactorMetrics(OutputDictMetric):
         threshold: probability threshold of the accuracies.
         n_bootstrap: bootstrap resamples (0: no CI).
         seed: bootstrap seed.
+        reliability_dir: folder of the reliability diagrams ``<prefix><factor>_reliability.png`` of the binary
+            factors, written by ``compute`` (None: none).
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class FactorMetrics(OutputDictMetric):
         threshold: float = 0.5,
         n_bootstrap: int = 1000,
         seed: int = 0,
+        reliability_dir: str | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if n_bootstrap < 0:
@@ -71,12 +80,14 @@ class FactorMetrics(OutputDictMetric):
         self.table = FactorTable(factors)
         self.target_key, self.case_key, self.prefix = target_key, case_key, prefix
         self.threshold, self.n_bootstrap, self.seed = threshold, n_bootstrap, seed
+        self.reliability_dir = reliability_dir
         super().__init__(output_transform=lambda x: x, device=device, metrics_result_mode="flatten")
 
     @reinit__is_reduced
     def reset(self) -> None:
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
+        self._raw: list[np.ndarray] = []
         self._cases: list[str] = []
 
     @reinit__is_reduced
@@ -87,11 +98,15 @@ class FactorMetrics(OutputDictMetric):
             raise ValueError(
                 f"targets '{self.target_key}' must be (batch, {len(self.table)}), got {tuple(values.shape)}."
             )
-        cols = []
+        cols, raw = [], []
         for f in self.table:
             p = preds[f.name].detach().float().reshape(-1).cpu()
             cols.append(torch.sigmoid(p) if f.is_binary else p)
+            r = preds.get(f"{f.name}{UNCALIBRATED_SUFFIX}") if f.is_binary else None
+            r = None if r is None else torch.sigmoid(r.detach().float().reshape(-1).cpu())
+            raw.append(torch.full_like(p, torch.nan) if r is None else r)
         self._preds.append(torch.stack(cols, 1).numpy())
+        self._raw.append(torch.stack(raw, 1).numpy())
         self._targets.append(values.numpy())
         cases = labels.get(self.case_key)
         if cases is None:
@@ -120,6 +135,7 @@ class FactorMetrics(OutputDictMetric):
         k = len(self.table)
         preds = np.concatenate(self._preds) if self._preds else np.zeros((0, k))
         targets = np.concatenate(self._targets) if self._targets else np.zeros((0, k))
+        raw = np.concatenate(self._raw) if self._raw else np.zeros((0, k))
         cases = np.asarray(self._cases)
         p = self.prefix
         out: dict[str, float] = {f"{p}n_images": int(len(targets)), f"{p}n_patients": int(len(set(self._cases)))}
@@ -135,6 +151,16 @@ class FactorMetrics(OutputDictMetric):
                     float(np.mean((yhat >= self.threshold) == (y > 0.5))) if len(y) else float("nan")
                 )
                 out[f"{p}{f.name}_balanced_accuracy"] = balanced_accuracy(yhat >= self.threshold, y > 0.5)
+                out.update(calibration_scores(yhat, y, f"{p}{f.name}"))
+                curves = {"model output": (yhat, y)}
+                if len(raw) and not np.isnan(raw[:, j]).all():
+                    out.update(calibration_scores(raw[known, j], y, f"{p}{f.name}", UNCALIBRATED_SUFFIX))
+                    curves = {"temperature-scaled": (yhat, y), "uncalibrated": (raw[known, j], y)}
+                if self.reliability_dir is not None:
+                    draw_reliability_diagram(
+                        os.path.join(self.reliability_dir, f"{p}{f.name}_reliability.png"), curves,
+                        title=f"{p}{f.name}: reliability ({len(y)} images)",
+                    )
                 metric, key, score = roc_auc, "auc", auc
             else:
                 err = mae(yhat, y)

@@ -80,6 +80,10 @@ class Weighting(nn.Module, ABC):
     def backward(self, losses: dict[str, torch.Tensor], shared_params: Sequence[nn.Parameter]) -> dict[str, float]:
         """Backpropagate the combined objective; return each present task's effective weight."""
 
+    def attach(self, network: nn.Module) -> None:
+        """Called by the trainer once with the (unwrapped) network before training; methods that hook the
+        network's modules (TorchJD's autogram engine) do it here. Default: nothing."""
+
     def on_epoch_end(self) -> None:
         """Called by the trainer once per finished epoch, before the next one starts (DWA rolls its loss history)."""
 

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torchjd.aggregation import IMTLGWeighting
 
 from .base import GradientWeighting, register_weighting
 
 __all__ = ["IMTL"]
 
-_EPS = 1e-12
+_IMTL_G = IMTLGWeighting()
 
 
 @register_weighting("imtl")
@@ -26,8 +27,9 @@ class IMTL(GradientWeighting):
 
         alpha_{2..T} = g_1 U^T (D U^T)^-1,   alpha_1 = 1 - sum_{i>1} alpha_i,   g = sum_i alpha_i g_i
 
-    so that ``g . u_i`` is the same for every task. The solve is done in float64 (pseudo-inverse when
-    ``D U^T`` is singular, e.g. parallel gradients). Task-specific parameters get the gradient of their own
+    so that ``g . u_i`` is the same for every task; the weights come from TorchJD's ``IMTLGWeighting`` on the
+    Gramian (float64; pseudo-inverse, so linearly dependent gradients are handled). TorchJD alone is registered
+    as ``imtl_g`` (IMTL-G) and ``imtl_l`` (IMTL-L). Task-specific parameters get the gradient of their own
     scaled loss ``exp(s_i) L_i`` (as in LibMTL). The returned weight of task i is ``alpha_i * exp(s_i)``, the
     factor of ``grad L_i`` in the shared gradient.
 
@@ -41,23 +43,14 @@ class IMTL(GradientWeighting):
 
     @staticmethod
     def imtl_g_weights(grads: torch.Tensor) -> torch.Tensor:
-        """Closed-form IMTL-G weights ``alpha`` (sum 1) for the ``(T, P)`` task gradients."""
+        """IMTL-G weights ``alpha`` (sum 1) for the ``(T, P)`` task gradients: TorchJD's ``IMTLGWeighting``.
+
+        ``alpha`` is proportional to ``pinv(G) d`` with the Gramian ``G = grads grads^T`` and the gradient norms
+        ``d``, i.e. ``G alpha`` is proportional to ``d``: the same as the paper's closed form when the gradients
+        are linearly independent, and defined when they are not. Computed in float64.
+        """
         g = grads.detach().double()
-        n = g.shape[0]
-        if n == 1:
-            return torch.ones(1, dtype=torch.float64, device=g.device)
-        unit = g / g.norm(dim=1, keepdim=True).clamp_min(_EPS)
-        d = g[:1] - g[1:]
-        u = unit[:1] - unit[1:]
-        lhs = (d @ u.T).T  # alpha^T (D U^T) = g_1 U^T  <=>  (D U^T)^T alpha = U g_1
-        rhs = u @ g[0]
-        try:
-            alpha = torch.linalg.solve(lhs, rhs)
-            if not bool(torch.isfinite(alpha).all()) or float(torch.linalg.cond(lhs)) > 1e12:
-                raise RuntimeError("ill-conditioned")
-        except RuntimeError:
-            alpha = torch.linalg.pinv(lhs) @ rhs
-        return torch.cat([(1.0 - alpha.sum()).reshape(1), alpha])
+        return _IMTL_G(g @ g.T)
 
     def backward(self, losses: dict[str, torch.Tensor], shared_params: Sequence[nn.Parameter]) -> dict[str, float]:
         """Backward the scaled losses (IMTL-L), write the IMTL-G combination into the shared gradients."""

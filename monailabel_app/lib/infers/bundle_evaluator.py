@@ -217,8 +217,14 @@ class BundleEvaluatorInferTask(InferTask):
             files[name] = str(path)
         return [self._record(case, image=[files[m] for m in self.modalities], **files)]
 
-    def _run_evaluator(self, datalist: list[dict[str, Any]], out_dir: Path, device: str) -> dict[str, Any]:
-        """Run the bundle's evaluator; return the hand-over of its prediction writer, case -> CaseResult."""
+    def _run_evaluator(
+        self, datalist: list[dict[str, Any]], out_dir: Path, device: str, outputs: list | None = None
+    ) -> dict[str, Any]:
+        """Run the bundle's evaluator; return the hand-over of its prediction writer, case -> CaseResult.
+
+        ``outputs``, when given, receives each iteration's raw network output (``engine.state.output["pred"]``,
+        tensors moved to the CPU), e.g. for uncertainty scores.
+        """
         from common.handlers.case_results import collect_case_results
 
         parser = self._parser(output_dir=str(out_dir), datalist=datalist, num_workers=0,
@@ -226,8 +232,34 @@ class BundleEvaluatorInferTask(InferTask):
         parser.get_parsed_content("imports")
         evaluator = parser.get_parsed_content("evaluator")
         results = collect_case_results(evaluator)
+        if outputs is not None:
+            from ignite.engine import Events
+            from monai.utils import convert_to_numpy
+
+            def keep(engine: Any) -> None:
+                output = engine.state.output
+                pred = output.get("pred") if isinstance(output, dict) else None
+                outputs.append(convert_to_numpy(pred, wrap_sequence=False) if pred is not None else None)
+
+            evaluator.add_event_handler(Events.ITERATION_COMPLETED, keep)
         evaluator.run()
         return results
+
+    def evaluate(self, image: str, device: str = "cpu", outputs: list | None = None) -> Any:
+        """Run the bundle on one image file or DICOM folder; return its CaseResult (``outputs``: see
+        :meth:`_run_evaluator`)."""
+        if not image or not os.path.exists(image):
+            raise ValueError(f"image: '{image}' does not exist.")
+        name = os.path.basename(image.rstrip("/"))
+        case = (name if os.path.isdir(image) else name.split(".")[0]) or "image"  # a series folder: its UID
+        with self._lock, tempfile.TemporaryDirectory(prefix="mtl_infer_") as tmp:
+            work, out_dir = Path(tmp) / "input", Path(tmp) / "output"
+            work.mkdir()
+            datalist = self._datalist(image, case, work)
+            results = self._run_evaluator(datalist, out_dir, device, outputs)
+        if len(results) != 1:
+            raise RuntimeError(f"image {image}: the bundle handed over {len(results)} results, expected one.")
+        return next(iter(results.values()))
 
     def _answer(self, result: Any, image: str) -> tuple[str | None, dict[str, Any]]:
         """The label file (or None) and the JSON answer of one case's hand-over."""
@@ -267,18 +299,7 @@ class BundleEvaluatorInferTask(InferTask):
         import torch
 
         image = str(request.get("image", ""))
-        if not image or not os.path.exists(image):
-            raise ValueError(f"image: '{image}' does not exist.")
-        name = os.path.basename(image.rstrip("/"))
-        case = (name if os.path.isdir(image) else name.split(".")[0]) or "image"  # a series folder: its UID
         device = "cuda" if str(request.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
-        with self._lock, tempfile.TemporaryDirectory(prefix="mtl_infer_") as tmp:
-            work, out_dir = Path(tmp) / "input", Path(tmp) / "output"
-            work.mkdir()
-            datalist = self._datalist(image, case, work)
-            results = self._run_evaluator(datalist, out_dir, device)
-            if len(results) != 1:
-                raise RuntimeError(f"image {image}: the bundle handed over {len(results)} results, expected one.")
-            label_file, answer = self._answer(next(iter(results.values())), image)
+        label_file, answer = self._answer(self.evaluate(image, device), image)
         logger.info(f"{self.bundle_dir.name}: {image} -> {label_file}")
         return label_file, answer

@@ -1,0 +1,129 @@
+"""Fitting the temperature of every classification output on an evaluator's run (the validation split) and writing
+them beside the model."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys as Keys
+
+from ..calibration import ACTIVATIONS, TEMPERATURE_RANGE, fit_temperature, negative_log_likelihood, write_calibration
+from ..errors import DatasetError
+from ..metrics.calibration import expected_calibration_error
+
+__all__ = ["TemperatureFitter"]
+
+logger = logging.getLogger(__name__)
+
+
+def _probabilities(logits: np.ndarray, labels: np.ndarray, activation: str, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and 0/1 outcomes the ECE is taken of: the positive class (sigmoid), the predicted class's
+    confidence and whether it is right (softmax)."""
+    z = torch.as_tensor(logits, dtype=torch.float64) / t
+    if activation == "sigmoid":
+        return torch.sigmoid(z).numpy(), labels > 0.5
+    conf, pred = torch.softmax(z, dim=1).max(dim=1)
+    return conf.numpy(), pred.numpy() == labels.astype(np.int64)
+
+
+class TemperatureFitter:
+    """Collects the logits and labels of each classification output over a run; when it completes, fits one
+    temperature per output (:func:`common.calibration.fit_temperature`), logs the NLL and ECE before and after, and
+    writes the calibration file (:func:`common.calibration.write_calibration`).
+
+    Args:
+        outputs: one entry per classification output: ``name`` (key in the prediction dict), ``label_key`` (key in
+            the targets dict), optional ``label_index`` (column of a ``(B, K)`` target), ``activation``
+            (``"sigmoid"``: binary, logits ``(B,)``/``(B, 1)``; ``"softmax"``: logits ``(B, C)``, class-index labels;
+            default sigmoid).
+        calibration_file: the file to write (``models/calibration.json``).
+        model_file: the model the temperatures belong to (its hash is recorded).
+        missing_value: label value meaning "unknown" (skipped, as are non-finite labels and logits).
+    """
+
+    def __init__(
+        self,
+        outputs: Sequence[Mapping[str, Any]],
+        calibration_file: str,
+        model_file: str,
+        missing_value: float = -1,
+    ) -> None:
+        if not outputs:
+            raise ValueError("outputs must name at least one classification output.")
+        self.outputs = []
+        for i, o in enumerate(outputs):
+            if not isinstance(o, Mapping) or "name" not in o or "label_key" not in o:
+                raise ValueError(f"outputs[{i}] must be a mapping with 'name' and 'label_key', got {o!r}.")
+            activation = o.get("activation", "sigmoid")
+            if activation not in ACTIVATIONS:
+                raise ValueError(f"outputs[{i}]['activation'] must be one of {ACTIVATIONS}, got {activation!r}.")
+            self.outputs.append({"label_index": None, **o, "activation": activation})
+        self.calibration_file, self.model_file, self.missing_value = calibration_file, model_file, missing_value
+        self.results: dict[str, dict[str, Any]] = {}
+        self._reset(None)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._fit)
+
+    def _reset(self, engine: Engine | None) -> None:
+        self._logits: dict[str, list[np.ndarray]] = {o["name"]: [] for o in self.outputs}
+        self._labels: dict[str, list[np.ndarray]] = {o["name"]: [] for o in self.outputs}
+
+    def _collect(self, engine: Engine) -> None:
+        preds, targets = engine.state.output[Keys.PRED], engine.state.output[Keys.LABEL]
+        for o in self.outputs:
+            name = o["name"]
+            if name not in preds:
+                raise ValueError(f"the predictions hold no output '{name}' (outputs: {sorted(preds)}).")
+            if o["label_key"] not in targets:
+                raise ValueError(f"the targets hold no labels '{o['label_key']}' (targets: {sorted(targets)}).")
+            z = preds[name].detach().double().cpu()
+            y = torch.as_tensor(targets[o["label_key"]]).detach().double().cpu()
+            if o["label_index"] is not None:
+                y = y[:, int(o["label_index"])]
+            y = y.reshape(-1)
+            z = z.reshape(len(y)) if o["activation"] == "sigmoid" else z.reshape(len(y), -1)
+            known = (y != self.missing_value) & torch.isfinite(y)
+            known &= torch.isfinite(z) if z.ndim == 1 else torch.isfinite(z).all(dim=1)
+            self._logits[name].append(z[known].numpy())
+            self._labels[name].append(y[known].numpy())
+
+    def _fit(self, engine: Engine) -> None:
+        for o in self.outputs:
+            name, activation = o["name"], o["activation"]
+            z = np.concatenate(self._logits[name]) if self._logits[name] else np.zeros(0)
+            y = np.concatenate(self._labels[name]) if self._labels[name] else np.zeros(0)
+            if y.size == 0:
+                raise DatasetError(
+                    f"no labelled samples of output '{name}' (labels '{o['label_key']}') in the calibration split: "
+                    "a temperature cannot be fitted; calibrate on a split with labels (--calibration_split)."
+                )
+            if activation == "sigmoid" and len(np.unique(y > 0.5)) < 2:
+                logger.warning(f"output '{name}': the calibration split holds one class only; its temperature "
+                               "only sharpens or softens towards it and means little.")
+            t = fit_temperature(z, y, activation)
+            if not TEMPERATURE_RANGE[0] * 1.001 < t < TEMPERATURE_RANGE[1] * 0.999:
+                logger.warning(f"output '{name}': the fitted temperature {t:.4g} is at the end of the search range "
+                               f"{TEMPERATURE_RANGE} (too few or one-class samples?); check it before using it.")
+            ece = [expected_calibration_error(*_probabilities(z, y, activation, s)) for s in (1.0, t)]
+            nll = [negative_log_likelihood(z, y, activation, s) for s in (1.0, t)]
+            self.results[name] = {
+                "temperature": t, "activation": activation, "n": int(y.size),
+                "nll_before": nll[0], "nll_after": nll[1], "ece_before": ece[0], "ece_after": ece[1],
+            }
+            logger.info(
+                f"calibration of '{name}' on {y.size} samples: temperature {t:.4f}, NLL {nll[0]:.4f} -> {nll[1]:.4f}, "
+                f"ECE {ece[0]:.4f} -> {ece[1]:.4f}"
+            )
+        clean = {k: {m: (None if isinstance(v, float) and not math.isfinite(v) else v) for m, v in r.items()}
+                 for k, r in self.results.items()}
+        path = write_calibration(self.calibration_file, clean, self.model_file)
+        logger.info(f"temperatures written to {path}")

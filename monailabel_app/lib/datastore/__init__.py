@@ -1,0 +1,3 @@
+from .label_checking import LabelCheckingDatastore
+
+__all__ = ["LabelCheckingDatastore"]

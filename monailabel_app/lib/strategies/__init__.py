@@ -1,0 +1,3 @@
+from .uncertainty import TaskUncertainty
+
+__all__ = ["TaskUncertainty"]

@@ -1,0 +1,3 @@
+from .bundle_trainer import BundleTrainTask, LabelError
+
+__all__ = ["BundleTrainTask", "LabelError"]
