@@ -10,6 +10,14 @@ so the budget is equal by construction; evaluation is the bundle's ``evaluate.js
 Writes ``<out>/quality_runs.csv`` (one row per run), ``<out>/quality.csv`` (mean and CI per bundle, strategy and
 metric) and ``<out>/quality.png``. ``--fractions`` trains on part of the training labels (question 3 uses it).
 
+Paired evidence, case by case: ``--folds K`` runs K-fold patient-level cross-validation (fold k trains on the other
+folds' patients, with the bundle's own validation share carved from them, and is evaluated on fold k, so every case
+is a test case once; the folds are the same for every seed), and ``--paired`` compares each multi-task run with the
+single-task run of the same seed and fold on the same cases (``benchmarks/paired.py``), pooled over seeds and
+folds: ``<out>/paired.csv`` and ``<out>/paired.md`` (a verdict line per bundle and metric, then a table):
+
+    python -m benchmarks.quality --bundles fundus_glaucoma --folds 5 --seeds 0 1 --paired
+
 Any strategy of a bundle can be compared, not only its multi-task and single-task ones (e.g. brats_mtl's
 ``pretrain_finetune``, fundus_glaucoma's ``cool``), with overrides for one strategy only, and the runs printed as a
 markdown table of chosen metrics (with the bootstrap CI ``evaluate.json`` writes beside a metric, where it does):
@@ -28,6 +36,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.paired import paired_markdown, paired_rows, write_paired
 from benchmarks.runner import Run, collect, execute_all, write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
 from benchmarks.stats import summarise
@@ -178,6 +187,13 @@ def build_parser(description: str, default_fractions: Sequence[float], default_o
         nargs="*",
         help="configs merged after train/evaluate.json (one bundle only; default: its spec's)",
     )
+    parser.add_argument(
+        "--folds", type=int, help="K-fold patient-level cross-validation: K runs per strategy and seed, one per fold"
+    )
+    parser.add_argument(
+        "--paired", action="store_true", help="compare MTL and single-task case by case: <out>/paired.csv and .md"
+    )
+    parser.add_argument("--n_bootstrap", type=int, default=2000, help="bootstrap resamples of the paired CIs")
     parser.add_argument("--tag", default="", help="suffix of the run folders (runs of other settings side by side)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (1 on a 2-core CPU)")
     parser.add_argument("--out", default=str(REPO / default_out))
@@ -198,6 +214,11 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
             raise SystemExit(f"--{option} needs exactly one bundle in --bundles")
     overrides = parse_overrides(args.override)
     per_strategy = parse_strategy_overrides(args.strategy_override)
+    folds = getattr(args, "folds", None)
+    if folds is not None and folds < 2:
+        raise SystemExit(f"--folds must be at least 2, got {folds}")
+    if folds is not None and ({"fold", "num_folds"} & set(overrides)):
+        raise SystemExit("--folds sets fold and num_folds: do not override them too")
     runs: list[Run] = []
     for bundle in args.bundles:
         spec = get_spec(bundle)
@@ -212,7 +233,11 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
             for fraction in args.fractions:
                 for seed in args.seeds:
                     run_overrides = {**overrides, **per_strategy.get(strategy, {})}
-                    runs.append(Run(spec, strategy, seed, fraction, args.dataset_dir or "", run_overrides, args.tag))
+                    for fold in range(folds) if folds is not None else [None]:
+                        runs.append(
+                            Run(spec, strategy, seed, fraction, args.dataset_dir or "", run_overrides, args.tag,
+                                fold=fold, num_folds=folds or 0)
+                        )  # fmt: skip
     runs.sort(key=lambda r: -r.fraction)  # longest runs first when several run at once
     if not args.report_only:
         for r in runs:
@@ -224,13 +249,19 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
             by_bundle.setdefault(r.spec.name, []).append(r)
         for bundle, items in by_bundle.items():
             execute_all(items, out / bundle, args.parallel)
-    all_records, rows = [], []
+    all_records, rows, paired = [], [], []
     for bundle in args.bundles:
         records = collect(out / bundle)
         all_records += records
         rows += comparison_rows(get_spec(bundle), records)
+        if getattr(args, "paired", False):
+            paired += paired_rows(get_spec(bundle), records, out / bundle, n_bootstrap=args.n_bootstrap)
     write_csv(all_records, out / f"{name}_runs.csv")
     write_csv(rows, out / f"{name}.csv")
+    if getattr(args, "paired", False):
+        write_paired(paired, out)
+        print(f"\npaired comparison (MTL minus single-task, same cases), written to {out / 'paired.csv'}:\n")
+        print(paired_markdown(paired))
     return rows
 
 

@@ -1,8 +1,9 @@
 """Train and evaluate bundle runs through the monai.bundle CLI, several at once, and collect their results.
 
-Each run lives in its own folder (``<out>/<strategy>_frac<f>_seed<s>[_<tag>]``) holding the bundle's models, logs,
-``eval/metrics.json`` and ``run.json`` (what was run, how long it took). A run whose ``run.json`` exists is not
-repeated, so an interrupted benchmark resumes; the CSV is rebuilt from the run folders.
+Each run lives in its own folder (``<out>/<strategy>_frac<f>_seed<s>[_fold<k>][_<tag>]``) holding the bundle's
+models, logs, ``eval/metrics.json``, ``eval/per_case.csv`` and ``run.json`` (what was run, how long it took). A run
+whose ``run.json`` exists is not repeated, so an interrupted benchmark resumes; the CSV is rebuilt from the run
+folders.
 """
 
 from __future__ import annotations
@@ -55,10 +56,19 @@ class Run:
     dataset_dir: str = ""
     overrides: dict[str, str] = field(default_factory=dict)
     tag: str = ""
+    fold: int | None = None
+    num_folds: int = 0
 
     def folder(self, out: Path) -> Path:
-        name = f"{self.strategy}_frac{self.fraction:g}_seed{self.seed}"
-        return out / (f"{name}_{self.tag}" if self.tag else name)
+        return out / run_folder_name(self.strategy, self.fraction, self.seed, self.tag, self.fold)
+
+
+def run_folder_name(strategy: str, fraction: float, seed: int, tag: str = "", fold: int | None = None) -> str:
+    """The folder name of a run (see the module docstring)."""
+    name = f"{strategy}_frac{float(fraction):g}_seed{seed}"
+    if fold is not None and fold != "":
+        name += f"_fold{fold}"
+    return f"{name}_{tag}" if tag else name
 
 
 def execute(run: Run, out: Path) -> dict:
@@ -75,6 +85,7 @@ def execute(run: Run, out: Path) -> dict:
         "bundle_root": str(root),
         "seed": str(run.seed),
         "split_seed": "0",  # one split for every seed: seeds vary the training run only
+        **({"fold": str(run.fold), "num_folds": str(run.num_folds)} if run.fold is not None else {}),
         **spec.overrides,
         **strategy,
         **run.overrides,
@@ -99,6 +110,7 @@ def execute(run: Run, out: Path) -> dict:
         "tag": run.tag,
         "seed": run.seed,
         "train_fraction": run.fraction,
+        **({"fold": run.fold, "num_folds": run.num_folds} if run.fold is not None else {}),
         "train_minutes": round(t_train / 60, 2),
         "eval_seconds_per_case": round(t_eval / n, 3),
         "overrides": " ".join(f"{k}={v}" for k, v in {**strategy, **run.overrides}.items()),
@@ -127,9 +139,11 @@ def execute_all(runs: Sequence[Run], out: Path, parallel: int = 1) -> list[dict]
 
 
 def collect(out: Path) -> list[dict]:
-    """Every ``run.json`` under ``out``, sorted by strategy, fraction, seed."""
+    """Every ``run.json`` under ``out``, sorted by strategy, tag, fraction, seed, fold."""
     records = [json.loads(p.read_text()) for p in sorted(out.glob("*/run.json"))]
-    return sorted(records, key=lambda r: (r["strategy"], r.get("tag", ""), r["train_fraction"], r["seed"]))
+    return sorted(
+        records, key=lambda r: (r["strategy"], r.get("tag", ""), r["train_fraction"], r["seed"], r.get("fold", -1))
+    )
 
 
 def write_csv(records: Sequence[dict], path: Path) -> None:

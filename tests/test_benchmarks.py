@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks.cost import (
@@ -20,11 +21,12 @@ from benchmarks.cost import (
     measure_weighting_overhead,
     ratio_row,
 )
+from benchmarks.paired import paired_rows, read_per_case, write_paired
 from benchmarks.quality import build_parser, comparison_rows, parse_strategy_overrides, run_benchmark, runs_table
 from benchmarks.results_page import main as results_page_main
 from benchmarks.runner import collect, write_csv
 from benchmarks.specs import get_spec
-from benchmarks.stats import mean_ci, summarise
+from benchmarks.stats import mean_ci, paired_difference, rank_auc, summarise, verdict
 from common.data import generate_brats_like
 from common.data.synthetic_cmr import generate_cmr_fundus_like
 
@@ -46,6 +48,73 @@ def test_mean_ci_student_t():
     assert all(math.isnan(x) for x in mean_ci([]))
     with pytest.raises(ValueError, match="level"):
         mean_ci([1, 2], level=1.5)
+
+
+def test_paired_difference_detects_a_known_shift_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    n = 60
+    cases = np.repeat([f"p{i}" for i in range(n)], 3)  # three samples (slices, or seeds) per patient
+    patient = np.repeat(rng.normal(0.8, 0.1, n), 3)  # between-patient spread that pairing removes
+    b = patient + rng.normal(0, 0.02, 3 * n)
+    shifted = paired_difference(b + 0.03 + rng.normal(0, 0.02, 3 * n), b, cases, n_bootstrap=500)
+    assert shifted["ci_low"] > 0 and shifted["p_value"] < 1e-3
+    assert shifted["difference"] == pytest.approx(0.03, abs=0.01)
+    assert shifted["n_cases"] == n and shifted["n_samples"] == 3 * n
+    null = paired_difference(b + rng.normal(0, 0.02, 3 * n), b, cases, n_bootstrap=500)
+    assert null["ci_low"] < 0 < null["ci_high"] and null["p_value"] > 0.05
+    assert paired_difference(b, b, cases, n_bootstrap=50)["p_value"] == 1.0
+    # AUC: a model whose scores separate the classes better than another's, recomputed on the same resamples
+    y = (rng.random(200) < 0.4).astype(float)
+    good, poor = y + rng.normal(0, 0.5, 200), y + rng.normal(0, 1.5, 200)
+    auc = paired_difference(good, poor, labels=y, n_bootstrap=500)
+    assert auc["a"] == pytest.approx(rank_auc(good, y)) and auc["ci_low"] > 0
+    from common.metrics import roc_auc
+
+    assert rank_auc(poor, y) == pytest.approx(roc_auc(poor, y))  # the metrics' own AUC
+    same = paired_difference(good, good + rng.normal(0, 1e-3, 200), labels=y, n_bootstrap=300)
+    assert same["ci_low"] <= 0 <= same["ci_high"]
+    y_nan = y.copy()
+    y_nan[:10] = np.nan  # unknown labels are left out
+    assert paired_difference(good, poor, labels=y_nan, n_bootstrap=10)["n_samples"] == 190
+    assert verdict(0.03, 0.01, 0.05).startswith("MTL better, by +0.030 [+0.010, +0.050]")
+    assert verdict(0.03, 0.01, 0.05, higher_is_better=False).startswith("MTL worse")
+    assert verdict(-0.01, -0.03, 0.01).startswith("no detectable difference")
+    assert verdict(0.1, math.nan, math.nan).startswith("not enough data")
+    with pytest.raises(ValueError, match="a and b"):
+        paired_difference([1, 2], [1])
+    with pytest.raises(ValueError, match="cases"):
+        paired_difference([1, 2], [1, 2], ["a"])
+
+
+def test_paired_rows_line_up_runs_of_one_seed_and_fold(tmp_path):
+    spec = get_spec("fundus_glaucoma")
+    rng = np.random.default_rng(1)
+    records = []
+    for fold in (0, 1):
+        cases = [f"img{fold}{i}" for i in range(12)]
+        labels = np.arange(12) % 2
+        for strategy, dice, noise in [("mtl", 0.9, 0.3), ("stl_seg", 0.8, 9.0), ("stl_cls", math.nan, 3.0)]:
+            folder = tmp_path / "fundus_glaucoma" / f"{strategy}_frac1_seed0_fold{fold}" / "eval"
+            folder.mkdir(parents=True)
+            rows = [{"case": c, "disc_dice": dice + 0.01 * rng.random(), "glaucoma_head_label": y,
+                     "glaucoma_head_prob": 1 / (1 + math.exp(-(y - 0.5) * 4 - noise * rng.normal()))}
+                    for c, y in zip(cases, labels)]  # fmt: skip
+            write_csv(rows, folder / "per_case.csv")
+            records.append({"strategy": strategy, "tag": "", "train_fraction": 1.0, "seed": 0, "fold": fold})
+    rows = {r["metric"]: r for r in paired_rows(spec, records, tmp_path / "fundus_glaucoma", n_bootstrap=200)}
+    assert set(rows) == {"disc_dice", "glaucoma_head_auc"}  # cup Dice and vCDR have no per-case column here
+    dice = rows["disc_dice"]
+    assert dice["n_pairs"] == 2 and dice["n_folds"] == 2 and dice["n_cases"] == 24 and dice["stl"] == "stl_seg"
+    assert dice["difference"] == pytest.approx(0.1, abs=0.01) and dice["verdict"].startswith("MTL better, by +0.")
+    assert rows["glaucoma_head_auc"]["wilcoxon_on"] == "|label - probability|"
+    write_paired(list(rows.values()), tmp_path)
+    assert "fundus_glaucoma, disc Dice" in (tmp_path / "paired.md").read_text()
+    assert len(read_per_case(tmp_path / "fundus_glaucoma" / "mtl_frac1_seed0_fold0" / "eval" / "per_case.csv")) == 12
+    records.append({"strategy": "stl_seg", "tag": "", "train_fraction": 1.0, "seed": 0, "fold": 1})
+    broken = tmp_path / "fundus_glaucoma" / "stl_seg_frac1_seed0_fold1" / "eval" / "per_case.csv"
+    write_csv([{"case": "other", "disc_dice": 0.5}], broken)
+    with pytest.raises(ValueError, match="not the same cases"):
+        paired_rows(spec, records, tmp_path / "fundus_glaucoma", n_bootstrap=10)
 
 
 def test_comparison_rows_pair_each_metric_with_its_single_task_model():
@@ -203,10 +272,63 @@ def test_results_page_from_csvs(tmp_path):
         sys.argv = argv
     page = out.read_text()
     assert "## 2. Quality at equal budget" in page and "## 1. Cost" not in page
+    assert "paired, case by case" not in page.lower()  # no paired.csv: no verdict lines
+    write_csv([{"bundle": "fundus_glaucoma", "metric": "disc_dice", "label": "disc Dice", "higher_is_better": True,
+                "mtl": "mtl", "stl": "stl_seg", "train_fraction": 1.0, "n_pairs": 5, "n_seeds": 1, "n_folds": 5,
+                "n_cases": 101, "n_samples": 101, "mtl_value": 0.95, "stl_value": 0.94, "difference": 0.01,
+                "ci_low": 0.004, "ci_high": 0.016, "p_wilcoxon": 0.002, "wilcoxon_on": "per-case value",
+                "verdict": verdict(0.01, 0.004, 0.016)}], quality / "paired.csv")  # fmt: skip
+    sys.argv = ["results_page", "--cost", str(tmp_path / "none"), "--quality", str(quality), "--scarcity",
+                str(tmp_path / "none"), "--weighting", str(tmp_path / "none"), "--affinity", str(tmp_path / "affinity"),
+                "--preamble", str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
+    try:
+        results_page_main()
+    finally:
+        sys.argv = argv
+    page = out.read_text()
+    first = page.index("## Is multi-task better? Paired, case by case")
+    assert first < page.index("## 2. Quality") and "MTL better, by +0.010 [+0.004, +0.016]" in page
+    assert "Wilcoxon p = 0.002; 101 cases, 1 seed(s), 5 fold(s)" in page
     assert "mtl: 0.935" in page and "stl_seg: 0.955" in page and "single-task" in page
     assert "## Task affinity" in page and "0.1400" not in page and "0.140" in page
     assert (out.parent / "results" / "affinity.png").stat().st_size > 0
     assert list(csv.DictReader(open(out.parent / "results" / "quality.csv")))
+
+
+@pytest.mark.slow  # about 2 minutes of CPU (8 bundle runs), longer on a busy machine
+def test_two_fold_paired_quality_run_on_demo_data(tmp_path):
+    """Two-fold cross-validation of glioma_seg_idh's multi-task and segmentation-only models (one seed, one epoch,
+    tiny networks): every case is a test case once, and paired.csv compares the two on those cases."""
+    data = tmp_path / "brats"
+    generate_brats_like(data, n_cases=8, shape=(32, 32, 12), seed=5)
+    out = tmp_path / "quality"
+    small = [f"{k}={v}" for k, v in GLIOMA_SMALL.items()]
+    args = build_parser("", [1.0], str(out)).parse_args(
+        ["--bundles", "glioma_seg_idh", "--dataset_dir", str(data), "--strategies", "mtl", "stl_seg", "--seeds", "0",
+         "--folds", "2", "--paired", "--n_bootstrap", "200", "--out", str(out), "--override", "epochs=1",
+         "val_interval=1", *small]
+    )  # fmt: skip
+    run_benchmark(args, "quality")
+    records = collect(out / "glioma_seg_idh")
+    assert sorted((r["strategy"], r["fold"], r["num_folds"]) for r in records) == [
+        ("mtl", 0, 2), ("mtl", 1, 2), ("stl_seg", 0, 2), ("stl_seg", 1, 2)
+    ]  # fmt: skip
+    cases = sorted(p.name for p in data.iterdir() if p.is_dir())  # a case folder per patient
+    tested: list[str] = []
+    for fold in (0, 1):
+        rows = read_per_case(out / "glioma_seg_idh" / f"mtl_frac1_seed0_fold{fold}" / "eval" / "per_case.csv")
+        stl = read_per_case(out / "glioma_seg_idh" / f"stl_seg_frac1_seed0_fold{fold}" / "eval" / "per_case.csv")
+        assert [r["case"] for r in rows] == [r["case"] for r in stl] and len(rows) == 4
+        tested += [r["case"] for r in rows]
+    assert len(tested) == len(set(tested)) == 8 and sorted(tested) == cases  # each case tested once over the folds
+    with open(out / "paired.csv") as f:
+        paired = {r["metric"]: r for r in csv.DictReader(f)}
+    assert set(paired) == {"dice_mean", "hd95_mean"}  # the single-task model compared is the segmentation one
+    dice = paired["dice_mean"]
+    assert (dice["stl"], dice["n_pairs"], dice["n_folds"], dice["n_cases"]) == ("stl_seg", "2", "2", "8")
+    assert math.isfinite(float(dice["difference"])) and dice["verdict"]
+    assert float(dice["difference"]) == pytest.approx(float(dice["mtl_value"]) - float(dice["stl_value"]))
+    assert "glioma_seg_idh, Dice" in (out / "paired.md").read_text()
 
 
 def test_weighting_overhead_rows():

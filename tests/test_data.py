@@ -16,6 +16,7 @@ from common.data import (
     build_brats_datalist,
     build_slice_dataset,
     extract_axial_slices,
+    fold_cases,
     generate_brats_like,
     load_case_volumes,
     read_case_labels,
@@ -262,6 +263,32 @@ def test_split_small_and_bad_inputs():
             split_cases(["a", "b", "c"], val, test)
     with pytest.raises(ValueError, match="repeated"):
         split_cases(["a", "a", "b"])
+
+
+def test_k_fold_split_holds_every_case_out_once():
+    datalist = [{"case": f"p{i:02d}", "eye": e, "split": "test" if i < 3 else "train"} for i in range(17) for e in "LR"]
+    cases = sorted({r["case"] for r in datalist})
+    tests = []
+    for fold in range(5):
+        parts = {s: select_split(datalist, s, 0.2, 0.3, seed=4, split_key="split", fold=fold, num_folds=5)
+                 for s in ("train", "validation", "test")}  # fmt: skip
+        ids = {s: {r["case"] for r in recs} for s, recs in parts.items()}
+        assert ids["test"] == set(fold_cases(cases, fold, 5, seed=4)) and len(ids["test"]) in (3, 4)
+        assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"] or ids["validation"] & ids["test"])
+        assert ids["train"] | ids["validation"] | ids["test"] == set(cases)  # both eyes follow their patient
+        assert len(ids["validation"]) == round(0.2 * (17 - len(ids["test"])))  # carved from the training folds
+        assert len(parts["test"]) == 2 * len(ids["test"])
+        tests += sorted(ids["test"])
+    assert sorted(tests) == cases  # every case is a test case exactly once
+    assert fold_cases(list(reversed(cases)), 1, 5, seed=4) == fold_cases(cases, 1, 5, seed=4)
+    assert fold_cases(cases, 1, 5, seed=5) != fold_cases(cases, 1, 5, seed=4)
+    # without a fold the split is unchanged (the data set's own test split kept)
+    assert select_split(datalist, "test", 0.2, 0.3, seed=4, split_key="split", num_folds=3) == select_split(
+        datalist, "test", 0.2, 0.3, seed=4, split_key="split"
+    )
+    for fold, k, match in [(5, 5, "fold"), (-1, 5, "fold"), (0, 1, "num_folds"), (0, 18, "num_folds")]:
+        with pytest.raises(ValueError, match=match):
+            fold_cases(cases, fold, k)
 
 
 def test_subsample_cases():

@@ -28,7 +28,7 @@ from .slices import (
     load_case_volumes,
     normalize_intensity,
 )
-from .split import SPLIT_NAMES, select_split, split_cases, subsample_cases
+from .split import SPLIT_NAMES, fold_cases, select_split, split_cases, subsample_cases
 
 # names of the modules that are also commands (``python -m common.data.<module>``), imported on first use so
 # that running such a module does not import it twice
@@ -62,6 +62,7 @@ __all__ = [
     "ensure_demo_data",
     "extract_axial_slices",
     "factor_pos_weights",
+    "fold_cases",
     "generate_brats_like",
     "generate_cmr_fundus_like",
     "generate_fundus_like",

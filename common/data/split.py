@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["SPLIT_NAMES", "select_split", "split_cases", "subsample_cases"]
+__all__ = ["SPLIT_NAMES", "fold_cases", "select_split", "split_cases", "subsample_cases"]
 
 #: Names of the sets returned by :func:`split_cases`.
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
@@ -98,6 +98,35 @@ def subsample_cases(cases: Iterable[str], fraction: float, seed: int = 0) -> lis
     return sorted(ordered[i] for i in order[:size])
 
 
+def fold_cases(cases: Iterable[str], fold: int, num_folds: int, seed: int = 0) -> list[str]:
+    """The case ids of fold ``fold`` of a seeded ``num_folds``-fold partition of ``cases`` (patient-level).
+
+    The ids are sorted before a seeded shuffle and dealt into folds of sizes differing by at most one, so the folds
+    of one seed are disjoint and together hold every case once.
+
+    Args:
+        cases: case ids, each once.
+        fold: the fold, in ``[0, num_folds)``.
+        num_folds: number of folds, at least 2 and at most the number of cases.
+        seed: seed of the shuffle.
+
+    Returns:
+        The fold's case ids, sorted.
+
+    Raises:
+        ValueError: bad ``fold``/``num_folds``, repeated ids or fewer cases than folds.
+    """
+    if int(num_folds) != num_folds or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds}.")
+    if int(fold) != fold or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be an integer in [0, {num_folds}), got {fold}.")
+    ordered = _unique_sorted(cases)
+    if len(ordered) < num_folds:
+        raise ValueError(f"num_folds ({num_folds}) must not exceed the number of cases ({len(ordered)}).")
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return sorted(ordered[i] for i in order[int(fold) :: int(num_folds)])
+
+
 def select_split(
     datalist: Sequence[dict],
     split_name: str,
@@ -106,6 +135,8 @@ def select_split(
     seed: int = 0,
     fraction: float = 1.0,
     split_key: str | None = None,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> list[dict]:
     """Records of one split of a datalist (records carry a ``"case"`` key, the patient).
 
@@ -115,6 +146,11 @@ def select_split(
     the test set, and the other records are split into train and validation (``val_fraction`` of them;
     ``test_fraction`` unused). Without any record marked ``"test"`` the seeded three-way split applies.
 
+    With ``fold`` (k-fold cross-validation), the test set is fold ``fold`` of a seeded ``num_folds``-fold
+    patient-level partition of every case (:func:`fold_cases`; ``split_key`` and ``test_fraction`` unused), and the
+    other folds' cases are split into train and validation (``val_fraction`` of them), so over the folds every case is
+    a test case once. ``fold=None`` (the default) leaves the split as without these arguments.
+
     Args:
         datalist: records, e.g. from :func:`~common.data.brats.build_brats_datalist`.
         split_name: ``"train"``, ``"validation"``, ``"test"`` or ``"all"`` (every record, ``fraction`` ignored).
@@ -123,6 +159,8 @@ def select_split(
         seed: seed of the split and of the under-sampling.
         fraction: share of training cases to keep (:func:`subsample_cases`); other splits are never reduced.
         split_key: record key holding a predefined split name (e.g. ``"source_split"``); None ignores it.
+        fold: the held-out fold of k-fold cross-validation, in ``[0, num_folds)``; None: no cross-validation.
+        num_folds: number of folds (used with ``fold`` only).
 
     Returns:
         The records of the split, in datalist order.
@@ -134,8 +172,13 @@ def select_split(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
     if split_name == "all":
         return list(datalist)
-    fixed_test = {r["case"] for r in datalist if split_key and str(r.get(split_key, "")).strip().lower() == "test"}
     unique = list(dict.fromkeys(str(r["case"]) for r in datalist))
+    if fold is not None:
+        fixed_test = set(fold_cases(unique, fold, num_folds, seed))
+    else:
+        fixed_test = {
+            r["case"] for r in datalist if split_key and str(r.get(split_key, "")).strip().lower() == "test"
+        }
     if fixed_test:
         rest = [c for c in unique if c not in fixed_test]
         if split_name == "test":

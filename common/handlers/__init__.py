@@ -1,5 +1,5 @@
 """Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, the training-run lock, checked
-model loading, prediction writers, DICOM results
+model loading, per-case metrics, prediction writers, DICOM results
 and PACS export."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .freeze_encoder import FreezeEncoder
 from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
 from .pacs_export import PacsExportHandler
+from .per_case_metrics import PER_CASE_FILE, PerCaseMetricsWriter
 from .prediction_table import write_prediction_csv
 from .resume_checkpoint import SIGNATURE_FILE, BestMetricState, ResumeCheckpoint, find_resume_checkpoint
 from .run_lock import LOCK_FILE, RunLock, RunLockedError
@@ -32,6 +33,7 @@ from .volume_predictions import SegClassPredictionWriter
 __all__ = [
     "LOCK_FILE",
     "NO_FUNDUS",
+    "PER_CASE_FILE",
     "SIGNATURE_FILE",
     "AtomicCheckpointSaver",
     "BestMetricState",
@@ -45,6 +47,7 @@ __all__ = [
     "Measurement",
     "MetricsJSONWriter",
     "PacsExportHandler",
+    "PerCaseMetricsWriter",
     "PredictionWriter",
     "ResumeCheckpoint",
     "RunLock",

@@ -44,6 +44,9 @@ class BinaryTaskMetrics(OutputDictMetric):
     class absent; ECE and Brier score: :mod:`common.metrics.calibration`). When the predictions also hold the logits
     before temperature scaling (``<task>_uncalibrated``, see :class:`common.inferers.TemperatureScaledInferer`),
     also ``prefix_ece_uncalibrated`` and ``prefix_brier_uncalibrated``.
+    :meth:`details` gives every sample's ``prefix_label`` (NaN where unknown), ``prefix_prob`` and
+    ``prefix_accuracy`` (1 if right, 0 if wrong, NaN where unknown): the ROC-AUC of the labelled samples' probabilities
+    is ``prefix_auc``.
 
     Args:
         task: key of the task's logits in the prediction dict.
@@ -87,6 +90,8 @@ class BinaryTaskMetrics(OutputDictMetric):
         self._labels: list[np.ndarray] = []
         self._raw_probs: list[np.ndarray] = []
         self._cases: list[Any] = []
+        self._all_probs: list[np.ndarray] = []
+        self._all_labels: list[np.ndarray] = []
 
     @reinit__is_reduced
     def update(self, output: dict[str, Any]) -> None:
@@ -95,6 +100,8 @@ class BinaryTaskMetrics(OutputDictMetric):
         if logits.numel() != labels.numel():
             raise ValueError(f"task '{self.task}': {logits.numel()} predictions for {labels.numel()} labels.")
         known = (labels != self.missing_value) & torch.isfinite(labels)
+        self._all_probs.append(torch.sigmoid(logits).numpy())
+        self._all_labels.append(torch.where(known, labels, torch.full_like(labels, float("nan"))).numpy())
         self._probs.append(torch.sigmoid(logits)[known].numpy())
         raw = output[Keys.PRED].get(f"{self.task}{UNCALIBRATED_SUFFIX}")
         if raw is not None:
@@ -104,6 +111,16 @@ class BinaryTaskMetrics(OutputDictMetric):
         if cases is None:
             cases = [f"s{len(self._cases) + i}" for i in range(len(labels))]
         self._cases.extend(c for c, k in zip(list(cases), known.tolist()) if k)
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        probs = np.concatenate(self._all_probs).astype(float) if self._all_probs else np.zeros(0)
+        labels = np.concatenate(self._all_labels).astype(float) if self._all_labels else np.zeros(0)
+        right = ((probs >= self.threshold) == (labels > 0.5)).astype(float)
+        return {
+            f"{self.prefix}_label": labels,
+            f"{self.prefix}_prob": probs,
+            f"{self.prefix}_accuracy": np.where(np.isfinite(labels), right, np.nan),
+        }
 
     def compute(self) -> dict[str, float]:
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)

@@ -76,7 +76,8 @@ class VCDRMetrics(OutputDictMetric):
     Reads ``output["pred"][pred_key]`` (``(B,)`` vCDRs, nan where no disc was segmented) and
     ``output["label"][label_key]`` (reference CDR, nan/missing skipped). An image without a predicted vCDR but with
     a reference counts with error ``|reference|`` (a predicted ratio of 0), so failures are not dropped.
-    ``compute`` returns ``{prefix}_mae``, ``{prefix}_rmse``, ``{prefix}_n``.
+    ``compute`` returns ``{prefix}_mae``, ``{prefix}_rmse``, ``{prefix}_n``; :meth:`details` every image's
+    ``{prefix}_label``, ``{prefix}_pred`` and ``{prefix}_mae`` (its absolute error as counted, NaN without a reference).
 
     Args:
         pred_key: key of the predicted vCDR in the prediction dict.
@@ -93,6 +94,8 @@ class VCDRMetrics(OutputDictMetric):
     @reinit__is_reduced
     def reset(self) -> None:
         self._errors: list[np.ndarray] = []
+        self._refs: list[np.ndarray] = []
+        self._preds: list[np.ndarray] = []
 
     @reinit__is_reduced
     def update(self, output: dict[str, Any]) -> None:
@@ -102,6 +105,17 @@ class VCDRMetrics(OutputDictMetric):
             raise ValueError(f"'{self.pred_key}': {pred.size} predictions for {ref.size} references.")
         known = np.isfinite(ref)
         self._errors.append(np.abs(np.nan_to_num(pred[known], nan=0.0) - ref[known]))
+        self._refs.append(ref.astype(float))
+        self._preds.append(pred.astype(float))
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        ref = np.concatenate(self._refs) if self._refs else np.zeros(0)
+        pred = np.concatenate(self._preds) if self._preds else np.zeros(0)
+        return {
+            f"{self.prefix}_label": ref,
+            f"{self.prefix}_pred": pred,
+            f"{self.prefix}_mae": np.abs(np.nan_to_num(pred, nan=0.0) - ref),
+        }
 
     def compute(self) -> dict[str, float]:
         err = np.concatenate(self._errors) if self._errors else np.zeros(0)

@@ -44,6 +44,11 @@ class FactorMetrics(OutputDictMetric):
     ``score``: the mean over factors of the AUC (binary) and ``1 - MAE / scale`` (regression), higher is better,
     for model selection.
 
+    :meth:`details` gives every image's ``<factor>_label`` (NaN where missing) and, for a binary factor,
+    ``<factor>_prob`` and ``<factor>_accuracy`` (1 right, 0 wrong), for a regression factor ``<factor>_pred`` and
+    ``<factor>_mae`` (the absolute error): per-image values whose mean (or, for the probabilities, ROC-AUC) over the
+    images with a label is the metric of the same name.
+
     Args:
         factors: the factor table.
         target_key: key of the ``(B, n_factors)`` values in the targets dict.
@@ -107,6 +112,24 @@ class FactorMetrics(OutputDictMetric):
         if cases is None:
             cases = [f"s{len(self._cases) + i}" for i in range(values.shape[0])]
         self._cases.extend(str(c) for c in cases)
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        k = len(self.table)
+        preds = np.concatenate(self._preds).astype(float) if self._preds else np.zeros((0, k))
+        targets = np.concatenate(self._targets).astype(float) if self._targets else np.zeros((0, k))
+        p, out = self.prefix, {}
+        for j, f in enumerate(self.table):
+            y, yhat = targets[:, j], preds[:, j]
+            known = np.isfinite(y)
+            out[f"{p}{f.name}_label"] = y
+            if f.is_binary:
+                out[f"{p}{f.name}_prob"] = yhat
+                right = ((yhat >= self.threshold) == (y > 0.5)).astype(float)
+                out[f"{p}{f.name}_accuracy"] = np.where(known, right, np.nan)
+            else:
+                out[f"{p}{f.name}_pred"] = yhat
+                out[f"{p}{f.name}_mae"] = np.abs(yhat - y)
+        return out
 
     def compute(self) -> dict[str, float]:
         k = len(self.table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.utils import CommonKeys as Keys
@@ -18,6 +19,9 @@ class MaskedMSE(OutputDictMetric):
 
     Reads ``output["pred"][task]``, the target ``output["label"][target_key]`` and the mask
     ``output["label"][mask_key]`` (1 = masked; all pixels when ``mask_key`` is None).
+
+    :meth:`details` gives each sample's error ``<name>`` (its own masked pixels' mean) and ``<name>_pixels`` (its
+    masked pixel count): their ``_pixels``-weighted mean is the data set's error.
     """
 
 
@@ -31,6 +35,8 @@ class MaskedMSE(OutputDictMetric):
     def reset(self) -> None:
         self._sum = torch.tensor(0.0, dtype=torch.float64)
         self._count = torch.tensor(0.0, dtype=torch.float64)
+        self._sample_sums: list[np.ndarray] = []
+        self._sample_counts: list[np.ndarray] = []
 
     @reinit__is_reduced
     def update(self, output: dict[str, Any]) -> None:
@@ -42,6 +48,15 @@ class MaskedMSE(OutputDictMetric):
             w = torch.as_tensor(output[Keys.LABEL][self.mask_key]).detach().double().cpu().expand_as(err)
         self._sum += (err * w).sum()
         self._count += w.sum()
+        self._sample_sums.append((err * w).reshape(err.shape[0], -1).sum(1).numpy())
+        self._sample_counts.append(w.reshape(w.shape[0], -1).sum(1).numpy())
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        sums = np.concatenate(self._sample_sums) if self._sample_sums else np.zeros(0)
+        counts = np.concatenate(self._sample_counts) if self._sample_counts else np.zeros(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mse = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
+        return {name: mse, f"{name}_pixels": counts}
 
     @sync_all_reduce("_sum", "_count")
     def compute(self) -> float:

@@ -29,6 +29,9 @@ class SegmentationTaskMetrics(OutputDictMetric):
 
     ``compute`` returns ``{p}dice_mean``, ``{p}hd95_mean``, ``{p}dice_<region>``, ``{p}hd95_<region>``,
     ``{p}hd95_undefined`` and ``{p}n_cases`` where ``p`` is ``prefix + "_"`` (or nothing for ``prefix=""``).
+    :meth:`details` gives each case's Dice and HD95 under the same names (per region; ``dice_mean``/``hd95_mean``
+    the case's mean over regions, HD95 NaN where undefined): the mean over cases of a per-case Dice column is the
+    Dice of ``compute``.
 
     Args:
         task: key of the segmentation logits in the prediction dict.
@@ -98,19 +101,37 @@ class SegmentationTaskMetrics(OutputDictMetric):
             rows.append(hd.cpu().numpy()[0])
         self._hd95.append(np.stack(rows))
 
-    def compute(self) -> dict[str, float]:
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(n_cases, n_regions)`` Dice and HD95 (NaN where undefined)."""
         dice = np.concatenate(self._dice) if self._dice else np.zeros((0, len(self.regions)))
         hd95 = np.concatenate(self._hd95) if self._hd95 else np.zeros((0, len(self.regions)))
-        hd95 = np.where(np.isfinite(hd95), hd95, np.nan)
+        return dice, np.where(np.isfinite(hd95), hd95, np.nan)
+
+    def _key(self, kind: str, region: str) -> str:
+        return f"{self.p}{region}_{kind}" if self.region_first else f"{self.p}{kind}_{region}"
+
+    def details(self, name: str) -> dict[str, np.ndarray]:
+        dice, hd95 = self._arrays()
+        out: dict[str, np.ndarray] = {}
+        for r, region in enumerate(self.regions):
+            out[self._key("dice", region)] = dice[:, r].astype(float)
+            out[self._key("hd95", region)] = hd95[:, r].astype(float)
+        n = len(dice)
+        out[f"{self.p}dice_mean"] = dice.mean(axis=1) if n else np.zeros(0)
+        defined = np.isfinite(hd95).any(axis=1)
+        hd_mean = np.full(n, np.nan)
+        hd_mean[defined] = np.nanmean(hd95[defined], axis=1)
+        out[f"{self.p}hd95_mean"] = hd_mean
+        return out
+
+    def compute(self) -> dict[str, float]:
+        dice, hd95 = self._arrays()
         out: dict[str, float] = {}
         dice_r, hd_r = [], []
         for r, name in enumerate(self.regions):
             d = float(np.mean(dice[:, r])) if len(dice) else float("nan")
             h = float(np.nanmean(hd95[:, r])) if np.isfinite(hd95[:, r]).any() else float("nan")
-            if self.region_first:
-                out[f"{self.p}{name}_dice"], out[f"{self.p}{name}_hd95"] = d, h
-            else:
-                out[f"{self.p}dice_{name}"], out[f"{self.p}hd95_{name}"] = d, h
+            out[self._key("dice", name)], out[self._key("hd95", name)] = d, h
             dice_r.append(d)
             hd_r.append(h)
         out[f"{self.p}dice_mean"] = float(np.mean(dice_r)) if len(dice) else float("nan")

@@ -1,0 +1,182 @@
+"""Paired comparison of the multi-task model with each single-task model on the same test cases.
+
+For every run pair that differs only in the strategy (same bundle, data fraction, tag, seed and fold: the same
+split and the same test cases), the two runs' ``eval/per_case.csv`` rows are lined up case by case; the pairs of all
+seeds and folds are pooled, and per bundle and headline metric :func:`benchmarks.stats.paired_difference` gives the
+difference MTL minus single-task with a case-level bootstrap 95% CI and a Wilcoxon signed-rank p-value.
+
+A headline metric ``<key>`` of ``metrics.json`` is compared through the per-case columns that define it: the column
+``<key>`` itself (its mean over the samples: Dice, HD95, absolute errors, 0/1 right answers), or, for a ROC-AUC
+``<stem>_auc``, the columns ``<stem>_label`` and ``<stem>_prob`` (the AUC recomputed on every resample).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.runner import run_folder_name, write_csv
+from benchmarks.specs import BundleSpec
+from benchmarks.stats import paired_difference, verdict
+
+__all__ = ["PER_CASE", "paired_markdown", "paired_rows", "read_per_case", "verdict_line", "write_paired"]
+
+#: Where a run's per-case metrics are, under its folder.
+PER_CASE = Path("eval") / "per_case.csv"
+
+
+def read_per_case(path: Path) -> list[dict]:
+    """Rows of a ``per_case.csv``; numbers as floats (an empty cell is NaN), the first column (the case) as text."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        case = (reader.fieldnames or ["case"])[0]
+        rows = []
+        for r in reader:
+            row = {}
+            for k, v in r.items():
+                if k == case:
+                    row["case"] = v
+                    continue
+                try:
+                    row[k] = float(v) if v != "" else math.nan
+                except ValueError:
+                    row[k] = v
+            rows.append(row)
+    return rows
+
+
+def _align(a: list[dict], b: list[dict], where: str) -> None:
+    """Check two runs evaluated the same samples in the same order (case by case)."""
+    if [r["case"] for r in a] != [r["case"] for r in b]:
+        raise ValueError(f"{where}: the two runs' per_case.csv rows are not the same cases in the same order.")
+
+
+def _columns(key: str, header: Sequence[str]) -> tuple[str, str | None] | None:
+    """The per-case value column of metric ``key`` and its label column (None for a mean), or None."""
+    if key in header:
+        return key, None
+    stem = key[: -len("_auc")] if key.endswith("_auc") else None
+    if stem and f"{stem}_prob" in header and f"{stem}_label" in header:
+        return f"{stem}_prob", f"{stem}_label"
+    return None
+
+
+def paired_rows(spec: BundleSpec, records: Sequence[dict], folder: Path, n_bootstrap: int = 2000) -> list[dict]:
+    """Per headline metric with a single-task model and training fraction: the pooled paired comparison.
+
+    Args:
+        spec: the bundle's benchmark settings.
+        records: the bundle's ``run.json`` records (:func:`benchmarks.runner.collect`).
+        folder: the bundle's run folders' parent.
+        n_bootstrap: bootstrap resamples.
+    """
+    index = {
+        (r["strategy"], r.get("tag", ""), float(r["train_fraction"]), r["seed"], r.get("fold")): r for r in records
+    }
+    out = []
+    fractions = sorted({float(r["train_fraction"]) for r in records}, reverse=True)
+    for m in spec.metrics:
+        if m.stl is None:
+            continue
+        for fraction in fractions:
+            a, b, labels, cases, pairs, folds, seeds = [], [], [], [], 0, set(), set()
+            for (strategy, tag, frac, seed, fold), rec in index.items():
+                other = index.get((m.stl, tag, frac, seed, fold))
+                if strategy != spec.mtl or frac != fraction or other is None:
+                    continue
+                mtl_rows = read_per_case(folder / run_folder_name(spec.mtl, frac, seed, tag, fold) / PER_CASE)
+                stl_rows = read_per_case(folder / run_folder_name(m.stl, frac, seed, tag, fold) / PER_CASE)
+                _align(mtl_rows, stl_rows, f"{spec.name} {spec.mtl}/{m.stl} seed {seed} fold {fold}")
+                cols = _columns(m.key, list(mtl_rows[0]) if mtl_rows else [])
+                if cols is None or (stl_rows and cols[0] not in stl_rows[0]):
+                    continue
+                value, label = cols
+                a += [r[value] for r in mtl_rows]
+                b += [r[value] for r in stl_rows]
+                labels += [r[label] for r in mtl_rows] if label else []
+                cases += [r["case"] for r in mtl_rows]
+                pairs += 1
+                seeds.add(seed)
+                folds.add(fold)
+            if not pairs:
+                continue
+            res = paired_difference(a, b, cases, labels if labels else None, n_bootstrap=n_bootstrap)
+            out.append(
+                {
+                    "bundle": spec.name,
+                    "metric": m.key,
+                    "label": m.label,
+                    "higher_is_better": m.higher_is_better,
+                    "mtl": spec.mtl,
+                    "stl": m.stl,
+                    "train_fraction": fraction,
+                    "n_pairs": pairs,
+                    "n_seeds": len(seeds),
+                    "n_folds": len([f for f in folds if f is not None]) or 1,
+                    "n_cases": res["n_cases"],
+                    "n_samples": res["n_samples"],
+                    "mtl_value": res["a"],
+                    "stl_value": res["b"],
+                    "difference": res["difference"],
+                    "ci_low": res["ci_low"],
+                    "ci_high": res["ci_high"],
+                    "p_wilcoxon": res["p_value"],
+                    "wilcoxon_on": "|label - probability|" if labels else "per-case value",
+                    "verdict": verdict(res["difference"], res["ci_low"], res["ci_high"], m.higher_is_better),
+                }
+            )
+    return out
+
+
+def _num(v, digits: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
+
+
+def _p(v) -> str:
+    """A p-value: three decimals, ``< 0.001`` below that."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "n/a" if math.isnan(f) else ("< 0.001" if f < 0.001 else f"{f:.3f}")
+
+
+def verdict_line(row: dict) -> str:
+    """``bundle, metric (training fraction): verdict (p = ...)``."""
+    frac, p = float(row["train_fraction"]), _p(row["p_wilcoxon"])
+    where = f" at {frac:.0%} of the training labels" if frac < 1 else ""
+    return (
+        f"{row['bundle']}, {row['label']} ({row['metric']}, {row['mtl']} vs {row['stl']}){where}: {row['verdict']} "
+        f"(Wilcoxon p {p if p.startswith('<') else '= ' + p}; {row['n_cases']} cases, {row['n_seeds']} seed(s), "
+        f"{row['n_folds']} fold(s))"
+    )
+
+
+def paired_markdown(rows: Sequence[dict]) -> str:
+    """The verdict lines, then a table of the paired comparisons."""
+    lines = [f"- {verdict_line(r)}" for r in rows] + [""]
+    head = ["bundle", "metric", "training labels", "MTL", "single-task", "MTL - single-task [95% CI]", "Wilcoxon p",
+            "cases", "seeds", "folds"]  # fmt: skip
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        arrow = "higher" if str(r["higher_is_better"]) == "True" else "lower"
+        cells = [
+            r["bundle"], f"{r['label']} ({arrow} better)", f"{float(r['train_fraction']):.0%}",
+            f"{r['mtl']}: {_num(r['mtl_value'])}", f"{r['stl']}: {_num(r['stl_value'])}",
+            f"{_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_wilcoxon"]),
+            str(r["n_cases"]), str(r["n_seeds"]), str(r["n_folds"]),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_paired(rows: Sequence[dict], out: Path) -> None:
+    """Write ``<out>/paired.csv`` and ``<out>/paired.md``."""
+    write_csv(rows, out / "paired.csv")
+    (out / "paired.md").write_text(paired_markdown(rows))
