@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from .cooperative import CooperativeTrainer
 from .factory import build_trainer
+from .precision import MEMORY_FORMATS, PRECISIONS, ForwardSettings, autocast_dtype, float32_outputs
 from .prepare_batch import MultiTaskPrepareBatch
 from .strategies import strategy_phases, trained_tasks
 from .trainer import MultiTaskTrainer, active_tasks_for_epoch
 
 __all__ = [
+    "MEMORY_FORMATS",
+    "PRECISIONS",
+    "ForwardSettings",
+    "autocast_dtype",
+    "float32_outputs",
     "CooperativeTrainer",
     "MultiTaskPrepareBatch",
     "MultiTaskTrainer",

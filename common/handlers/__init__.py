@@ -1,4 +1,4 @@
-"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, the training-run lock, checked
+"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, weight EMA, the training-run lock, checked
 model loading, prediction writers, DICOM results
 and PACS export."""
 
@@ -15,6 +15,7 @@ from .case_results import (
 )
 from .checked_loader import CheckedCheckpointLoader, check_model_settings, read_training_json
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
+from .ema import EMAWeights
 from .factor_predictions import FactorPredictionWriter
 from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
 from .metrics_json import MetricsJSONWriter
@@ -37,6 +38,7 @@ __all__ = [
     "CaseResultConsumer",
     "CheckedCheckpointLoader",
     "DicomResultWriter",
+    "EMAWeights",
     "FactorPredictionWriter",
     "FundusPredictionWriter",
     "Measurement",

@@ -4,10 +4,12 @@ disc crops)."""
 from __future__ import annotations
 
 from .disc_crop import DiscCropInferer, central_green_std
+from .precision import PrecisionInferer
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
 
 __all__ = [
     "DiscCropInferer",
+    "PrecisionInferer",
     "SegClassSlidingWindowInferer",
     "central_green_std",
 ]

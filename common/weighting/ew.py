@@ -23,6 +23,8 @@ class EqualWeighting(Weighting):
         task_names: names of all tasks the method may see, in a fixed order.
     """
 
+    loss_scale_equivariant = True
+
     def backward(self, losses: dict[str, torch.Tensor], shared_params: Sequence[nn.Parameter]) -> dict[str, float]:
         """Backward ``sum(losses.values())``; return weight 1.0 for every present task."""
         self.check_losses(losses)

@@ -36,6 +36,8 @@ class PCGrad(GradientWeighting):
             global ``torch.manual_seed``).
     """
 
+    loss_scale_equivariant = True
+
     def __init__(self, task_names: Sequence[str], seed: int | None = None) -> None:
         super().__init__(task_names)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
