@@ -87,8 +87,13 @@ class ForwardSettings:
 
     def prepare_network(self, network: nn.Module) -> nn.Module:
         """Convert ``network``'s 4-D weights to channels-last once (in place; a no-op for "contiguous")."""
+        if isinstance(network, nn.parallel.DistributedDataParallel):
+            network = network.module
         if self.channels_last and id(network) not in self._formatted:
-            network.to(memory_format=torch.channels_last)
+            with torch.no_grad():  # 4-D tensors only: Module.to(memory_format=...) fails on 5-D (3-D conv) weights
+                for t in list(network.parameters()) + list(network.buffers()):
+                    if t.dim() == 4:
+                        t.data = t.data.contiguous(memory_format=torch.channels_last)
             self._formatted.add(id(network))
         return network
 
