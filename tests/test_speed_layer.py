@@ -209,3 +209,25 @@ def test_lr_schedule_kinds_and_checks():
         build_lr_schedule(opt, 0, 10, kind="step")
     with pytest.raises(ValueError, match="total_steps"):
         build_lr_schedule(opt, 0, 0)
+
+
+@pytest.mark.parametrize("perturb", ["features", "parameters"])
+def test_cooperative_training_in_bf16(perturb):
+    from common.engines import CooperativeTrainer
+
+    torch.manual_seed(0)
+    net = ConvNet()
+    loss = MultiTaskLoss({
+        "seg": {"loss": nn.BCEWithLogitsLoss(), "target": "seg"},
+        "cls": {"loss": nn.BCEWithLogitsLoss(), "target": "cls"},
+    })
+    tr = CooperativeTrainer(
+        device="cpu", max_epochs=2, train_data_loader=_loader(), network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.05), loss_function=loss, rho=0.05, perturb=perturb,
+        prepare_batch=MultiTaskPrepareBatch("image", ["seg", "cls"]), precision="bf16",
+    )
+    before = [p.detach().clone() for p in net.parameters()]
+    tr.run()
+    assert all(torch.isfinite(torch.tensor(v)) for v in tr.state.output["task_losses"].values())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
