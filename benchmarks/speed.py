@@ -19,7 +19,8 @@ before it (activations and temporaries; the variants' weights are all resident);
     python -m benchmarks.speed                                   # all bundles, ../shared/data, CPU, 1 thread
     python -m benchmarks.speed --device cuda:0 --steps 30 --out benchmarks/results/gpu/speed
 
-Writes ``<out>/speed.csv`` (one row per bundle and variant) and ``<out>/speed.png``.
+A variant the bundle's settings refuse (``fp16`` with a weighting that loss scaling would change, e.g. ``uw``) is
+skipped with a printed note. Writes ``<out>/speed.csv`` (one row per bundle and variant) and ``<out>/speed.png``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from benchmarks.cost import _literal, _split, _sync, _train_parser
 from benchmarks.quality import parse_overrides
 from benchmarks.runner import write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
+from common.errors import SettingsError
 
 #: variant name -> train.json overrides; the first is the reference.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -131,7 +133,14 @@ def measure_speed(
     if not variants:
         raise ValueError("variants must name at least one variant.")
     with tempfile.TemporaryDirectory() as root:
-        built = [_Variant(spec, v, dataset_dir, root, overrides, device) for v in variants]
+        built = []
+        for i, name in enumerate(variants):
+            try:
+                built.append(_Variant(spec, name, dataset_dir, root, overrides, device))
+            except SettingsError as err:  # e.g. fp16 with a weighting that loss scaling would change
+                if i == 0:
+                    raise
+                print(f"{spec.name}: variant '{name}' skipped: {err}", flush=True)
         batch, case = built[0].draw_inputs()
         train: dict[str, list[float]] = {v.name: [] for v in built}
         infer: dict[str, list[float]] = {v.name: [] for v in built}

@@ -82,8 +82,9 @@ def test_speed_switches_measured_against_fp32(tmp_path):
     generate_cmr_fundus_like(data, n_patients=12, size=64, seed=0)
     spec = dataclasses.replace(get_spec("cmr_fundus"), extra_configs=())  # the synthetic set's default factor table
     overrides = {"image_size": "32", "batch_size": "4"}
-    rows = measure_speed(spec, str(data), ["fp32", "bf16", "channels_last", "ema"], overrides, "cpu", steps=2, warmup=1)
-    assert [r["variant"] for r in rows] == ["fp32", "bf16", "channels_last", "ema"]
+    variants = ["fp32", "bf16", "channels_last", "ema", "fp16"]
+    rows = measure_speed(spec, str(data), variants, overrides, "cpu", steps=2, warmup=1)
+    assert [r["variant"] for r in rows] == ["fp32", "bf16", "channels_last", "ema"]  # fp16 needs CUDA: skipped
     fp32, bf16 = rows[0], rows[1]
     assert fp32["train_speedup"] == fp32["inference_speedup"] == 1.0 and bf16["precision"] == "bf16"
     assert fp32["batch_size"] == 4 and fp32["input_shape"] == "3x32x32"
