@@ -116,6 +116,13 @@ class _Variant:
         return time.perf_counter() - t0
 
 
+def _settings_error(err: BaseException | None) -> SettingsError | None:
+    """The SettingsError behind ``err`` (MONAI's config parser wraps it in RuntimeError), or None."""
+    while err is not None and not isinstance(err, SettingsError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def measure_speed(
     spec: BundleSpec,
     dataset_dir: str,
@@ -137,10 +144,11 @@ def measure_speed(
         for i, name in enumerate(variants):
             try:
                 built.append(_Variant(spec, name, dataset_dir, root, overrides, device))
-            except SettingsError as err:  # e.g. fp16 with a weighting that loss scaling would change
-                if i == 0:
+            except (SettingsError, RuntimeError) as err:  # e.g. fp16 with a weighting loss scaling would change
+                refused = _settings_error(err)
+                if i == 0 or refused is None:
                     raise
-                print(f"{spec.name}: variant '{name}' skipped: {err}", flush=True)
+                print(f"{spec.name}: variant '{name}' skipped: {refused}", flush=True)
         batch, case = built[0].draw_inputs()
         train: dict[str, list[float]] = {v.name: [] for v in built}
         infer: dict[str, list[float]] = {v.name: [] for v in built}
