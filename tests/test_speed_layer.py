@@ -208,7 +208,7 @@ def test_lr_schedule_kinds_and_checks():
     with pytest.raises(SettingsError, match="lr_schedule"):
         build_lr_schedule(opt, 0, 10, kind="step")
     with pytest.raises(ValueError, match="total_steps"):
-        build_lr_schedule(opt, 0, 0)
+        build_lr_schedule(opt, 0, -1)
 
 
 @pytest.mark.parametrize("perturb", ["features", "parameters"])

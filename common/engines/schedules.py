@@ -31,8 +31,8 @@ def build_lr_schedule(optimizer: Optimizer, warmup_steps: int, total_steps: int,
     if name not in LR_SCHEDULES:
         raise SettingsError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got '{kind}'.")
     total, warmup = int(total_steps), int(warmup_steps)
-    if total < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    if total < 0:  # 0 is allowed: a config built without data (e.g. a workflow property check) has no iterations
+        raise ValueError(f"total_steps must be >= 0, got {total_steps}.")
     if warmup < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
     warmup = min(warmup, total)
