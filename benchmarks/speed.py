@@ -215,7 +215,7 @@ def plot_speed(rows: Sequence[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bundles = list(dict.fromkeys(r["bundle"] for r in rows))
-    fig, axes = plt.subplots(1, len(bundles), figsize=(0.8 + 3.2 * len(bundles), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(bundles), figsize=(max(5.0, 0.8 + 3.2 * len(bundles)), 3.6), squeeze=False)
     for ax, bundle in zip(axes[0], bundles):
         mine = [r for r in rows if r["bundle"] == bundle and r["variant"] != r["reference"]]
         x = range(len(mine))
@@ -227,7 +227,7 @@ def plot_speed(rows: Sequence[dict], path: Path) -> None:
     axes[0][0].set_ylabel("speed-up vs fp32 (>1: faster)")
     axes[0][0].legend(fontsize=7)
     where = f"{rows[0]['device']}, {rows[0]['threads']} thread(s)"
-    fig.suptitle(f"Speed switches vs plain fp32 ({where}; median of {rows[0]['steps']} interleaved steps)", fontsize=9)
+    fig.suptitle(f"Speed switches vs plain fp32\n({where}; median of {rows[0]['steps']} interleaved steps)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
