@@ -90,7 +90,9 @@ class _Variant:
 
     def draw_inputs(self) -> tuple[Any, Any]:
         """One training batch and one preprocessed validation case (batch of 1)."""
-        batch = next(iter(self.parser.get_parsed_content("train#dataloader")))
+        batch = next(iter(self.parser.get_parsed_content("train#dataloader")), None)
+        if batch is None:
+            raise ValueError("the training data loader yields no batch: use more training cases (train_fraction).")
         record = self.parser.get_parsed_content("validate#dataset#data")[0]  # without building the dataset
         item = self.parser.get_parsed_content("validate#preprocessing")(record)
         case = list_data_collate(item if isinstance(item, list) else [item])
