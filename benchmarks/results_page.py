@@ -1,7 +1,8 @@
 """Build the results page ``docs/results.md`` from the benchmark outputs (CSVs, plots, task-affinity JSONs).
 
     python -m benchmarks.results_page \\
-        --cost benchmarks/results/cpu/cost --quality benchmarks/results/gpu/quality \\
+        --cost benchmarks/results/cpu/cost --speed benchmarks/results/gpu/speed \\
+        --quality benchmarks/results/gpu/quality \\
         --scarcity benchmarks/results/gpu/scarcity --weighting benchmarks/results/gpu/weighting \\
         --affinity benchmarks/results/gpu/affinity benchmarks/results/cpu/affinity
 
@@ -38,6 +39,7 @@ COMMANDS = {
         "python -m benchmarks.weighting --bundle fundus_glaucoma --seeds 0 1 2 --parallel 12 --skip_timing "
         "--out benchmarks/results/gpu/weighting  # then, for the step times on 1 CPU thread: --report_only"
     ),
+    "speed": "python -m benchmarks.speed --device cuda:0 --steps 30 --warmup 5 --out benchmarks/results/gpu/speed",
     "affinity": (
         "python -m monai.bundle run --config_file bundles/<name>/configs/train.json --dataset_dir <data> "
         "--task_affinity_interval 10   # writes <bundle_root>/logs/task_affinity.json"
@@ -139,6 +141,33 @@ def cost_section(folder: Path, assets: Path) -> list[str]:
     return lines
 
 
+def speed_section(folder: Path, assets: Path) -> list[str]:
+    rows = _rows(folder / "speed.csv")
+    if not rows:
+        return []
+    lines = ["## Speed switches: mixed precision, channels-last, EMA vs plain fp32", ""]
+    lines += [
+        f"Each bundle's `train.json` switches (`precision`, `memory_format`, `ema_decay`) on the same training batch "
+        f"and validation case ({rows[0]['device']}, {rows[0]['threads']} thread(s)); the variants' steps are "
+        f"interleaved, median of {rows[0]['steps']}. Speed-up = fp32 time / variant time (> 1: faster).",
+        "",
+    ]
+    body = [[r["bundle"], r["variant"], f"batch {r['batch_size']} x {r['input_shape']}", _f(r["samples_per_s"], 1),
+             f"{_f(r['train_speedup'], 2)}x", f"{_f(r['inference_s_per_case'])} s",
+             f"{_f(r['inference_speedup'], 2)}x", f"{r['peak_memory_mb']} MiB" if r["peak_memory_mb"] else "-"]
+            for r in rows]  # fmt: skip
+    head = ["bundle", "variant", "input", "train samples/s", "train speed-up", "inference / case", "inference speed-up",
+            "peak memory"]  # fmt: skip
+    lines += _table(head, body)
+    if rows[0].get("memory_kind"):
+        lines += ["", f"Peak memory: {rows[0]['memory_kind']}."]
+    if (folder / "speed.png").exists():
+        lines += ["", f"![speed switches]({_copy(folder / 'speed.png', assets, 'speed.png')})"]
+    _copy(folder / "speed.csv", assets, "speed.csv")
+    lines += ["", f"Command: `{COMMANDS['speed']}`", ""]
+    return lines
+
+
 def comparison_section(title: str, intro: str, folder: Path, name: str, assets: Path) -> list[str]:
     rows = _rows(folder / f"{name}.csv")
     if not rows:
@@ -236,6 +265,7 @@ def affinity_section(folders: Sequence[Path], assets: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cost", default=str(REPO / "benchmarks/results/cpu/cost"))
+    parser.add_argument("--speed", default=str(REPO / "benchmarks/results/gpu/speed"))
     parser.add_argument("--quality", default=str(REPO / "benchmarks/results/gpu/quality"))
     parser.add_argument("--scarcity", default=str(REPO / "benchmarks/results/gpu/scarcity"))
     parser.add_argument("--weighting", default=str(REPO / "benchmarks/results/gpu/weighting"))
@@ -253,6 +283,7 @@ def main() -> None:
         lines += [Path(args.preamble).read_text().strip(), ""]
     lines += paired_section(Path(args.quality), assets)
     lines += cost_section(Path(args.cost), assets)
+    lines += speed_section(Path(args.speed), assets)
     lines += comparison_section(
         "## 2. Quality at equal budget",
         "Each bundle's multi-task model vs the single-task model of each task, all trained with the bundle's "

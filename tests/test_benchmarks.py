@@ -24,8 +24,10 @@ from benchmarks.cost import (
 from benchmarks.paired import paired_rows, read_per_case, write_paired
 from benchmarks.quality import build_parser, comparison_rows, parse_strategy_overrides, run_benchmark, runs_table
 from benchmarks.results_page import main as results_page_main
+from benchmarks.results_page import speed_section
 from benchmarks.runner import collect, write_csv
 from benchmarks.specs import get_spec
+from benchmarks.speed import measure_speed, plot_speed
 from benchmarks.stats import mean_ci, paired_difference, rank_auc, summarise, verdict
 from common.data import generate_brats_like
 from common.data.synthetic_cmr import generate_cmr_fundus_like
@@ -151,6 +153,31 @@ def test_cost_measurement_on_a_real_bundle(tmp_path):
     assert ratio["parameters"] == pytest.approx(sepl["parameters"] / single["parameters"])
 
 
+def test_speed_switches_measured_against_fp32(tmp_path):
+    data = tmp_path / "cmr"
+    generate_cmr_fundus_like(data, n_patients=12, size=64, seed=0)
+    spec = dataclasses.replace(get_spec("cmr_fundus"), extra_configs=())  # the synthetic set's default factor table
+    overrides = {"image_size": "32", "batch_size": "4"}
+    variants = ["fp32", "bf16", "channels_last", "ema", "fp16"]
+    rows = measure_speed(spec, str(data), variants, overrides, "cpu", steps=2, warmup=1)
+    assert [r["variant"] for r in rows] == ["fp32", "bf16", "channels_last", "ema"]  # fp16 needs CUDA: skipped
+    fp32, bf16 = rows[0], rows[1]
+    assert fp32["train_speedup"] == fp32["inference_speedup"] == 1.0 and bf16["precision"] == "bf16"
+    assert fp32["batch_size"] == 4 and fp32["input_shape"] == "3x32x32"
+    for r in rows:
+        assert r["train_step_s"] > 0 and r["inference_s_per_case"] > 0
+        assert r["train_speedup"] == pytest.approx(fp32["train_step_s"] / r["train_step_s"], rel=1e-2)
+    with pytest.raises(ValueError, match="variant"):
+        measure_speed(spec, str(data), ["fp64"], overrides, "cpu", steps=1, warmup=0)
+    out = tmp_path / "speed"
+    write_csv(rows, out / "speed.csv")
+    plot_speed(rows, out / "speed.png")
+    assert (out / "speed.png").stat().st_size > 0
+    page = "\n".join(speed_section(out, tmp_path / "assets"))
+    assert "## Speed switches" in page and "| cmr_fundus | bf16 |" in page and "benchmarks.speed" in page
+    assert (tmp_path / "assets" / "speed.csv").exists()
+
+
 def test_strategies_beyond_the_compared_ones():
     spec = get_spec("brats_mtl")
     assert spec.strategy_overrides("pretrain_finetune") == {"strategy": "pretrain_finetune"}
@@ -263,7 +290,8 @@ def test_results_page_from_csvs(tmp_path):
     import sys
 
     argv = sys.argv
-    sys.argv = ["results_page", "--cost", str(tmp_path / "none"), "--quality", str(quality), "--scarcity",
+    sys.argv = ["results_page", "--cost", str(tmp_path / "none"), "--speed", str(tmp_path / "none"),
+                "--quality", str(quality), "--scarcity",
                 str(tmp_path / "none"), "--weighting", str(tmp_path / "none"), "--affinity", str(tmp_path / "affinity"),
                 "--preamble", str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
     try:

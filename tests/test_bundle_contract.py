@@ -31,7 +31,7 @@ from tests.bundle_cli import (
     log_of,
     run_bundle,
 )
-from tests.bundle_specs import WORKFLOW_CONFIGS, spec_of
+from tests.bundle_specs import QUICK, WORKFLOW_CONFIGS, spec_of
 
 BUNDLES = bundle_names()
 
@@ -130,7 +130,7 @@ def test_killed_training_resumes_from_last_checkpoint(bundle, bundle_data, tmp_p
     spec = spec_of(bundle)
     epochs = spec.resume_epochs
     overrides = {"dataset_dir": str(bundle_data(bundle)), "bundle_root": str(tmp_path), "epochs": epochs,
-                 **spec.small, **spec.resume}
+                 "ema_decay": 0.5, **spec.small, **spec.resume}
     cmd = bundle_command(bundle, WORKFLOW_CONFIGS["train"], overrides)
     proc = subprocess.Popen(cmd, cwd=REPO, env=bundle_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -156,6 +156,7 @@ def test_killed_training_resumes_from_last_checkpoint(bundle, bundle_data, tmp_p
         assert line in log
     state = torch.load(models / f"resume_checkpoint_epoch={epochs}.pt", map_location="cpu", weights_only=False)
     assert _epoch(state) == epochs
+    assert int(state["ema"]["n_averaged"]) == state["trainer"]["iteration"]  # the EMA resumed, not restarted
     if spec.resume_state is not None:
         spec.resume_state(state, epochs)
 
@@ -211,6 +212,25 @@ def test_bad_input_gives_one_clear_error(bundle, damage, bundle_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_speed_switches_train_and_evaluate(bundle, bundle_data, tmp_path):
+    """Training with bf16 autocast, channels-last and EMA weights, then evaluation in bf16: the run finishes, the
+    saved model is float32 and the metrics are finite."""
+    switches = {"precision": "bf16", "memory_format": "channels_last", "ema_decay": 0.9}
+    settings = {"dataset_dir": str(bundle_data(bundle)), "bundle_root": str(tmp_path), **QUICK[bundle], **switches}
+    run_bundle(bundle, WORKFLOW_CONFIGS["train"], {**settings, "epochs": 2, "val_interval": 1, "progress_bar": False})
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    weights = model.get("model", model)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+    resume = torch.load(next((tmp_path / "models").glob("resume_checkpoint_epoch=*.pt")), map_location="cpu",
+                        weights_only=True)
+    assert int(resume["ema"]["n_averaged"]) == resume["trainer"]["iteration"] > 0
+    run_bundle(bundle, WORKFLOW_CONFIGS["evaluate"], {**settings, "output_dir": str(tmp_path / "eval")})
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    numbers = [v for v in metrics.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert numbers and all(v == v for v in numbers), metrics  # no NaN
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_design_command_trains_on_the_generated_default_data(bundle, tmp_path):
     """``python -m monai.bundle run --config_file bundles/<name>/configs/train.json`` in a fresh checkout (no data

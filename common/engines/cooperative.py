@@ -12,6 +12,7 @@ import torch.distributed as dist
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
+from ..errors import SettingsError
 from ..weighting import EqualWeighting, Weighting
 from .trainer import MultiTaskTrainer
 
@@ -123,6 +124,8 @@ class CooperativeTrainer(MultiTaskTrainer):
                 f"alone; got {type(weighting).__name__}."
             )
         super().__init__(*args, weighting=weighting, **kwargs)
+        if self.grad_scaler is not None:
+            raise SettingsError("precision 'fp16' (loss scaling) is not supported by cooperative training; use 'bf16'.")
         self.rho, self.perturb = value, perturb
         if perturb == "features" and not isinstance(getattr(self._core_network(), "encoder", None), nn.Module):
             raise ValueError(
@@ -164,7 +167,7 @@ class CooperativeTrainer(MultiTaskTrainer):
         ddp = isinstance(net, nn.parallel.DistributedDataParallel)
 
         def forward() -> tuple[dict[str, Any], torch.Tensor | None]:
-            out = self.inferer(inputs, net, *args, **kwargs)
+            out = self.forward(inputs, *args, **kwargs)
             return out, self.loss_function(out, targets, tasks=[task]).get(task)
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -13,7 +13,9 @@ from monai.engines import SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
+from ..errors import SettingsError
 from ..weighting import Weighting
+from .precision import ForwardSettings
 
 __all__ = ["MultiTaskTrainer", "active_tasks_for_epoch"]
 
@@ -48,6 +50,10 @@ class MultiTaskTrainer(SupervisedTrainer):
             for pre-training then fine-tuning; default: every task of the loss in every epoch.
         inactive_task_kwargs: task -> network keyword arguments to use while that task is inactive (e.g.
             ``{"mim": {"mim_mask": None}}`` skips the masked pass when MIM is not trained).
+        precision: forward pass in "fp32", "bf16" (autocast; CPU or CUDA) or "fp16" (CUDA, with a GradScaler; only
+            for weightings whose gradients scale with the losses, see ``Weighting.loss_scale_equivariant``).
+            Predictions are cast to float32 before the losses; parameters and gradients stay float32.
+        memory_format: "contiguous" or "channels_last" (2-D networks: 4-D inputs and convolution weights).
         kwargs: the arguments of ``monai.engines.SupervisedTrainer``; ``decollate`` defaults to False.
     """
 
@@ -57,6 +63,8 @@ class MultiTaskTrainer(SupervisedTrainer):
         weighting: Weighting,
         phases: Sequence[Mapping[str, Any]] | None = None,
         inactive_task_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        precision: str = "fp32",
+        memory_format: str = "contiguous",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
@@ -75,6 +83,17 @@ class MultiTaskTrainer(SupervisedTrainer):
                 raise ValueError(f"phases[{i}]['epochs'] must be >= 1, got {phase.get('epochs')}.")
         self.inactive_task_kwargs = {k: dict(v) for k, v in (inactive_task_kwargs or {}).items()}
         self.active_tasks: list[str] = active_tasks_for_epoch(self.phases, 1)
+        self.forward_settings = ForwardSettings(precision, memory_format, self.state.device or "cpu")
+        self.forward_settings.prepare_network(self._core_network())
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        if self.forward_settings.precision == "fp16":
+            if not weighting.loss_scale_equivariant:
+                raise SettingsError(
+                    f"precision 'fp16' scales the losses (GradScaler), which changes the result of weighting "
+                    f"{type(weighting).__name__}; use precision 'bf16' or 'fp32', or a loss-scale-equivariant "
+                    "weighting ('ew', 'pcgrad')."
+                )
+            self.grad_scaler = torch.amp.GradScaler("cuda")
         self.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
 
     def run(self) -> None:  # type: ignore[override]
@@ -112,6 +131,10 @@ class MultiTaskTrainer(SupervisedTrainer):
         params = core.shared_parameters() if hasattr(core, "shared_parameters") else core.parameters()
         return [p for p in params if p.requires_grad]
 
+    def forward(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """The inferer's predictions under :attr:`forward_settings` (autocast, memory format), as float32."""
+        return self.inferer(inputs, self.forward_settings.wrap(self.network), *args, **kwargs)
+
     def _iteration(self, engine: MultiTaskTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -129,14 +152,18 @@ class MultiTaskTrainer(SupervisedTrainer):
         manual_sync = ddp and self.weighting.needs_task_gradients
         ctx = engine.network.no_sync() if manual_sync else torch.enable_grad()
         with ctx:
-            preds = engine.inferer(inputs, engine.network, *args, **kwargs)
+            preds = self.forward(inputs, *args, **kwargs)
             losses = engine.loss_function(preds, targets, tasks=self.active_tasks)
             shared = self.shared_parameters()
             if losses and self.weighting.needs_task_gradients and not shared:
                 # nothing shared is trainable (an encoder frozen for fine-tuning): no task gradients to combine,
                 # each head gets its own task's gradient
-                torch.stack(list(losses.values())).sum().backward()
+                total_loss = torch.stack(list(losses.values())).sum()
+                (self.grad_scaler.scale(total_loss) if self.grad_scaler is not None else total_loss).backward()
                 weights = {task: 1.0 for task in losses}
+            elif losses and self.grad_scaler is not None:
+                scaled = {k: self.grad_scaler.scale(v) for k, v in losses.items()}
+                weights = self.weighting.backward(scaled, shared)
             elif losses:
                 weights = self.weighting.backward(losses, shared)
             else:
@@ -155,7 +182,10 @@ class MultiTaskTrainer(SupervisedTrainer):
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= dist.get_world_size()
-        if losses:
+        if losses and self.grad_scaler is not None:
+            self.grad_scaler.step(engine.optimizer)  # skips the step where a gradient is inf/nan
+            self.grad_scaler.update()
+        elif losses:
             engine.optimizer.step()
         total = sum(weights.get(k, 1.0) * float(v.detach()) for k, v in losses.items())
         engine.state.output[Keys.PRED] = preds

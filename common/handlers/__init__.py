@@ -1,4 +1,4 @@
-"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, the training-run lock, checked
+"""Ignite handlers: per-task logging, metrics.json, checkpoints and resuming, weight EMA, the training-run lock, checked
 model loading, per-case metrics, prediction writers, DICOM results
 and PACS export."""
 
@@ -15,6 +15,7 @@ from .case_results import (
 )
 from .checked_loader import CheckedCheckpointLoader, check_model_settings, read_training_json
 from .dicom_results import DicomResultWriter, read_dicom_source, write_case_result
+from .ema import EMAWeights
 from .factor_predictions import FactorPredictionWriter
 from .freeze_encoder import FreezeEncoder
 from .fundus_predictions import NO_FUNDUS, FundusPredictionWriter, draw_contours
@@ -41,6 +42,7 @@ __all__ = [
     "CaseResultConsumer",
     "CheckedCheckpointLoader",
     "DicomResultWriter",
+    "EMAWeights",
     "FactorPredictionWriter",
     "FreezeEncoder",
     "FundusPredictionWriter",

@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from .atomic_checkpoint import AtomicCheckpointSaver
+from .ema import EMAWeights
 
 __all__ = ["SIGNATURE_FILE", "BestMetricState", "ResumeCheckpoint", "find_resume_checkpoint"]
 
@@ -181,12 +182,16 @@ class ResumeCheckpoint:
         path = find_resume_checkpoint(self.ckpt_dir, self.signature, self.prefix) if self.resume else None
         if path is not None:
             load = dict(objects)
-            if "best_metric" in load and "best_metric" not in torch.load(path, map_location="cpu", weights_only=True):
+            saved_keys = set(torch.load(path, map_location="cpu", weights_only=True))
+            if "best_metric" in load and "best_metric" not in saved_keys:
                 load.pop("best_metric")
                 logger.warning(
                     f"{path} holds no best validation score (written before it was saved): the first validation "
                     "after resuming replaces the best model."
                 )
+            for name in [k for k, v in load.items() if k not in saved_keys and isinstance(v, EMAWeights)]:
+                load.pop(name)  # EMA turned on for a run whose checkpoint was written without it
+                logger.warning(f"{path} holds no '{name}' state: the EMA restarts from the resumed weights.")
             CheckpointLoader(load_path=path, load_dict=load, map_location=self.map_location).attach(engine)
         engine.add_event_handler(Events.STARTED, self._started)
         if idist.get_rank() != 0:

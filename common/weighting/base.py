@@ -58,6 +58,8 @@ class Weighting(nn.Module, ABC):
 
     #: True for methods that need one backward pass per task (PCGrad, CAGrad, ...).
     needs_task_gradients: bool = False
+    #: True for methods whose gradients scale with a common factor on all losses (fp16 loss scaling is exact).
+    loss_scale_equivariant: bool = False
 
     def __init__(self, task_names: Sequence[str]) -> None:
         super().__init__()
