@@ -129,6 +129,25 @@ def _train_parser(spec: BundleSpec) -> ConfigParser:
     return parser
 
 
+def configured_parser(spec: BundleSpec, dataset_dir: str, root: str, device: str, *overrides: dict) -> ConfigParser:
+    """:func:`_train_parser` set up for an in-process measurement: the data set, a scratch ``bundle_root``, the
+    device, no loader workers, then the spec's overrides and ``overrides`` (later ones win); torch seeded."""
+    parser = _train_parser(spec)
+    values = {
+        "dataset_dir": dataset_dir,
+        "bundle_root": root,
+        "device": f"$torch.device('{device}')",
+        "num_workers": "0",
+        **spec.overrides,
+    }
+    for extra in overrides:
+        values.update(extra)
+    for k, v in values.items():
+        parser[k] = _literal(v)
+    torch.manual_seed(0)
+    return parser
+
+
 def measure_strategy(
     spec: BundleSpec,
     strategy: str,
@@ -147,20 +166,8 @@ def measure_strategy(
     Raises:
         ValueError: ``phase`` is not a phase of the strategy's schedule.
     """
-    parser = _train_parser(spec)
     with tempfile.TemporaryDirectory() as root:
-        values = {
-            "dataset_dir": dataset_dir,
-            "bundle_root": root,
-            "device": f"$torch.device('{device}')",
-            "num_workers": "0",
-            **spec.overrides,
-            **spec.strategy_overrides(strategy),
-            **overrides,
-        }
-        for k, v in values.items():
-            parser[k] = _literal(v)
-        torch.manual_seed(0)
+        parser = configured_parser(spec, dataset_dir, root, device, spec.strategy_overrides(strategy), overrides)
         trainer = parser.get_parsed_content("train#trainer")
         loader = parser.get_parsed_content("train#dataloader")
         batch = next(iter(loader))

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from monai.data import list_data_collate
 
-from benchmarks.cost import _literal, _split, _sync, _train_parser
+from benchmarks.cost import _split, _sync, configured_parser
 from benchmarks.quality import parse_overrides
 from benchmarks.runner import write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
@@ -68,19 +68,7 @@ class _Variant:
     def __init__(self, spec: BundleSpec, name: str, dataset_dir: str, root: str, overrides: dict, device: str):
         if name not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got '{name}'.")
-        parser = _train_parser(spec)
-        values = {
-            "dataset_dir": dataset_dir,
-            "bundle_root": root,
-            "device": f"$torch.device('{device}')",
-            "num_workers": "0",
-            **spec.overrides,
-            **overrides,
-            **VARIANTS[name],
-        }
-        for k, v in values.items():
-            parser[k] = _literal(v)
-        torch.manual_seed(0)
+        parser = configured_parser(spec, dataset_dir, root, device, overrides, VARIANTS[name])
         self.name, self.parser = name, parser
         self.trainer = parser.get_parsed_content("train#trainer")
         self.ema = parser.get_parsed_content("ema_weights")

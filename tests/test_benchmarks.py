@@ -287,18 +287,22 @@ def test_results_page_from_csvs(tmp_path):
                     "gradient_cosine": [[1.0, 0.14], [0.14, 1.0]], "measurements": 50})  # fmt: skip
     )
     out = tmp_path / "docs" / "results.md"
-    import sys
+    none = str(tmp_path / "none")
 
-    argv = sys.argv
-    sys.argv = ["results_page", "--cost", str(tmp_path / "none"), "--speed", str(tmp_path / "none"),
-                "--quality", str(quality), "--scarcity",
-                str(tmp_path / "none"), "--weighting", str(tmp_path / "none"), "--affinity", str(tmp_path / "affinity"),
-                "--preamble", str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
-    try:
-        results_page_main()
-    finally:
-        sys.argv = argv
-    page = out.read_text()
+    def build_page() -> str:
+        import sys
+
+        argv = sys.argv
+        sys.argv = ["results_page", "--cost", none, "--speed", none, "--quality", str(quality), "--scarcity", none,
+                    "--weighting", none, "--affinity", str(tmp_path / "affinity"), "--preamble",
+                    str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
+        try:
+            results_page_main()
+        finally:
+            sys.argv = argv
+        return out.read_text()
+
+    page = build_page()
     assert "## 2. Quality at equal budget" in page and "## 1. Cost" not in page
     assert "paired, case by case" not in page.lower()  # no paired.csv: no verdict lines
     write_csv([{"bundle": "fundus_glaucoma", "metric": "disc_dice", "label": "disc Dice", "higher_is_better": True,
@@ -306,14 +310,7 @@ def test_results_page_from_csvs(tmp_path):
                 "n_cases": 101, "n_samples": 101, "mtl_value": 0.95, "stl_value": 0.94, "difference": 0.01,
                 "ci_low": 0.004, "ci_high": 0.016, "p_wilcoxon": 0.002, "wilcoxon_on": "per-case value",
                 "verdict": verdict(0.01, 0.004, 0.016)}], quality / "paired.csv")  # fmt: skip
-    sys.argv = ["results_page", "--cost", str(tmp_path / "none"), "--quality", str(quality), "--scarcity",
-                str(tmp_path / "none"), "--weighting", str(tmp_path / "none"), "--affinity", str(tmp_path / "affinity"),
-                "--preamble", str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
-    try:
-        results_page_main()
-    finally:
-        sys.argv = argv
-    page = out.read_text()
+    page = build_page()
     first = page.index("## Is multi-task better? Paired, case by case")
     assert first < page.index("## 2. Quality") and "MTL better, by +0.010 [+0.004, +0.016]" in page
     assert "Wilcoxon p = 0.002; 101 cases, 1 seed(s), 5 fold(s)" in page
