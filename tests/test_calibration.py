@@ -1,9 +1,10 @@
-"""Calibration metrics (ECE, Brier score, reliability diagrams), temperature fitting, the calibration file and the
-temperature-scaling inferer, on synthetic numbers."""
+"""Calibration metrics (ECE, Brier score, reliability diagrams), temperature and Platt fitting, the calibration file
+and the calibrating inferer, on synthetic numbers."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,11 +12,18 @@ import torch
 from ignite.engine import Engine
 from PIL import Image
 
-from common.calibration import fit_temperature, negative_log_likelihood, read_temperatures, write_calibration
+from common.calibration import (
+    LogitCalibration,
+    fit_platt,
+    fit_temperature,
+    negative_log_likelihood,
+    read_calibration,
+    write_calibration,
+)
 from common.data import FactorTable
 from common.errors import SettingsError
-from common.handlers import MetricsJSONWriter, TemperatureFitter
-from common.inferers import TemperatureScaledInferer
+from common.handlers import CalibrationFitter, MetricsJSONWriter, TemperatureFitter
+from common.inferers import CalibratedInferer, TemperatureScaledInferer
 from common.metrics import BinaryTaskMetrics, FactorMetrics
 from common.metrics.calibration import brier_score, expected_calibration_error, reliability_bins
 from common.metrics.reliability_diagram import draw_reliability_diagram
@@ -65,6 +73,27 @@ def test_temperature_fit_recovers_overconfidence_and_lowers_nll_and_ece():
         fit_temperature(z, y, "tanh")
 
 
+def test_platt_removes_a_logit_shift_that_temperature_cannot():
+    """Calibrated logits shifted by log(4) (what BCE with pos_weight 4 does): dividing by T leaves a large ECE, Platt
+    scaling finds b = -log(4) and calibrates."""
+    z, y = _sample()
+    shifted = z + math.log(4)
+    ece_shifted = expected_calibration_error(_sigmoid(shifted), y)
+    assert ece_shifted > 0.15
+    t = fit_temperature(shifted, y)
+    assert expected_calibration_error(_sigmoid(shifted / t), y) > 0.1  # T cannot remove a shift
+    a, b = fit_platt(shifted, y)
+    assert b == pytest.approx(-math.log(4), abs=0.1) and a == pytest.approx(1.0, abs=0.05)
+    assert expected_calibration_error(_sigmoid(a * shifted + b), y) < 0.03
+    nll = negative_log_likelihood(a * shifted + b, y)
+    assert nll < negative_log_likelihood(shifted, y, temperature=t) < negative_log_likelihood(shifted, y)
+    assert fit_platt(3 * z, y)[0] == pytest.approx(1 / 3, rel=0.05)  # over-confidence: the scale acts as 1 / T
+    a, b = fit_platt(np.array([1.0, 2.0, 3.0]), np.ones(3))  # one class only: stays inside its bounds
+    assert 0 < a <= 100 and -20 <= b <= 20
+    with pytest.raises(ValueError, match="same number"):
+        fit_platt(z, y[:-1])
+
+
 def _calibration_file(tmp_path, outputs: dict) -> tuple[str, str]:
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
@@ -72,11 +101,19 @@ def _calibration_file(tmp_path, outputs: dict) -> tuple[str, str]:
 
 
 def test_calibration_file_round_trip_and_clear_errors(tmp_path):
-    path, model = _calibration_file(tmp_path, {"idh": {"temperature": 2.0, "n": 5}})
-    assert read_temperatures(path, ["idh", "other"], model) == {"idh": 2.0}
-    assert read_temperatures(str(tmp_path / "absent.json"), ["idh"], model) == {}
+    path, model = _calibration_file(tmp_path, {"idh": {"temperature": 2.0, "n": 5}})  # a file without 'method'
+    assert read_calibration(path, ["idh", "other"], model) == {"idh": LogitCalibration("temperature", temperature=2.0)}
+    assert read_calibration(str(tmp_path / "absent.json"), ["idh"], model) == {}
     doc = json.loads(open(path).read())
+    platt = {"method": "platt", "scale": 0.8, "bias": -1.25, "activation": "sigmoid", "n": 5}
     for change, key in (
+        (lambda d: d["outputs"].update(idh=dict(platt, scale=0.0)), "outputs.idh.scale"),
+        (lambda d: d["outputs"].update(idh=dict(platt, scale=-0.8)), "outputs.idh.scale"),
+        (lambda d: d["outputs"].update(idh=dict(platt, bias=float("nan"))), "outputs.idh.bias"),
+        (lambda d: d["outputs"].update(idh=dict(platt, bias=float("inf"))), "outputs.idh.bias"),
+        (lambda d: d["outputs"].update(idh={k: v for k, v in platt.items() if k != "bias"}), "outputs.idh.bias"),
+        (lambda d: d["outputs"].update(idh=dict(platt, method="vector")), "outputs.idh.method"),
+        (lambda d: d["outputs"].update(idh=dict(platt, activation="softmax")), "outputs.idh.method"),
         (lambda d: d["outputs"].update(idj=d["outputs"].pop("idh")), "outputs.idj"),
         (lambda d: d["outputs"]["idh"].update(temperature=0.0), "outputs.idh.temperature"),
         (lambda d: d["outputs"]["idh"].update(temperature=-1.5), "outputs.idh.temperature"),
@@ -87,13 +124,21 @@ def test_calibration_file_round_trip_and_clear_errors(tmp_path):
         change(bad)
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(SettingsError) as err:
-            read_temperatures(str(tmp_path / "bad.json"), ["idh"], model)
+            read_calibration(str(tmp_path / "bad.json"), ["idh"], model)
         assert str(tmp_path / "bad.json") in str(err.value) and f"'{key}'" in str(err.value)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SettingsError, match="bad.json cannot be read"):
-        read_temperatures(str(tmp_path / "bad.json"), ["idh"], model)
+        read_calibration(str(tmp_path / "bad.json"), ["idh"], model)
     with pytest.raises(ValueError, match="positive"):
         write_calibration(str(tmp_path / "c.json"), {"idh": {"temperature": 0}}, model)
+    with pytest.raises(ValueError, match=r"\['idh'\]\['bias'\] must be a finite number"):
+        write_calibration(str(tmp_path / "c.json"), {"idh": dict(platt, bias=float("nan"))}, model)
+    # Platt next to a temperature: both read back as written
+    path = write_calibration(str(tmp_path / "both.json"), {"idh": platt, "grade": {"temperature": 1.5}}, model)
+    assert read_calibration(path, ["idh", "grade"], model) == {
+        "idh": LogitCalibration("platt", scale=0.8, bias=-1.25), "grade": LogitCalibration(temperature=1.5)}
+    with pytest.raises(ValueError, match="scale"):
+        LogitCalibration("platt", scale=-1.0)
 
 
 def test_inferer_scales_named_outputs_and_keeps_uncalibrated(tmp_path):
@@ -103,17 +148,23 @@ def test_inferer_scales_named_outputs_and_keeps_uncalibrated(tmp_path):
     def inner(inputs, network):
         return network(inputs)
 
-    inferer = TemperatureScaledInferer(inner, path, ["idh"], model, keep_uncalibrated=True)
+    assert TemperatureScaledInferer is CalibratedInferer  # the former name of bundle configs
+    inferer = CalibratedInferer(inner, path, ["idh"], model, keep_uncalibrated=True)
     out = inferer(torch.zeros(2), lambda x: dict(logits))
     assert torch.equal(out["idh"], torch.tensor([[2.0], [-1.0]]))
     assert torch.equal(out["idh_uncalibrated"], logits["idh"])
     assert torch.equal(out["seg"], logits["seg"])
-    no_file = TemperatureScaledInferer(inner, str(tmp_path / "none.json"), ["idh"], model)
+    no_file = CalibratedInferer(inner, str(tmp_path / "none.json"), ["idh"], model)
     plain = no_file(torch.zeros(2), lambda x: logits)
     assert plain is logits  # no file: untouched
-    wrong = TemperatureScaledInferer(inner, path, ["cls"], model)
+    wrong = CalibratedInferer(inner, path, ["cls"], model)
     with pytest.raises(SettingsError, match="'outputs.idh' is not a classification output"):
         wrong(torch.zeros(2), lambda x: logits)
+    # Platt: a * logit + b
+    path = write_calibration(str(tmp_path / "platt.json"), {"idh": {"method": "platt", "scale": 0.5, "bias": -1.0}},
+                             model)
+    out = CalibratedInferer(inner, path, ["idh"], model)(torch.zeros(2), lambda x: dict(logits))
+    assert torch.allclose(out["idh"], torch.tensor([[1.0], [-2.0]])) and "idh_uncalibrated" not in out
 
 
 def _output(logits: np.ndarray, labels: np.ndarray, raw: np.ndarray | None = None) -> dict:
@@ -170,6 +221,7 @@ def test_temperature_fitter_writes_file_and_logs(tmp_path, caplog):
     entry = doc["outputs"]["idh"]
     assert entry["temperature"] == pytest.approx(3.0, rel=0.1) and entry["n"] == 1990
     assert entry["nll_after"] < entry["nll_before"] and entry["ece_after"] < entry["ece_before"]
+    assert entry["method"] == "temperature"
     assert "calibration of 'idh' on 1990 samples: temperature" in caplog.text
     # one class only: the fit runs to the end of the range, and says so
     engine = Engine(lambda e, b: b)
@@ -180,6 +232,29 @@ def test_temperature_fitter_writes_file_and_logs(tmp_path, caplog):
     assert "one class only" in caplog.text and "at the end of the search range" in caplog.text
     with pytest.raises(ValueError, match="label_key"):
         TemperatureFitter([{"name": "idh"}], "c.json", "m.pt")
+
+
+def test_platt_fitter_writes_scale_and_bias_and_refuses_softmax(tmp_path, caplog):
+    z, y = _sample(4000)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"w")
+    engine = Engine(lambda e, b: b)
+    path = tmp_path / "calibration.json"
+    fitter = CalibrationFitter([{"name": "idh", "label_key": "idh"}], str(path), str(model), method="platt")
+    fitter.attach(engine)
+    with caplog.at_level("INFO"):
+        engine.run([_output(z[i : i + 1000] + math.log(4), y[i : i + 1000]) for i in range(0, 4000, 1000)])
+    entry = json.loads(path.read_text())["outputs"]["idh"]
+    assert entry["method"] == "platt" and "temperature" not in entry
+    assert entry["bias"] == pytest.approx(-math.log(4), abs=0.2) and entry["scale"] > 0
+    assert entry["nll_after"] < entry["nll_before"] and entry["ece_after"] < 0.05 < entry["ece_before"]
+    assert "calibration of 'idh' on 4000 samples: platt scale" in caplog.text
+    assert read_calibration(str(path), ["idh"], str(model))["idh"].method == "platt"
+    softmax = [{"name": "grade", "label_key": "grade", "activation": "softmax"}]
+    with pytest.raises(SettingsError, match="'platt' fits binary .* output 'grade' is softmax"):
+        CalibrationFitter(softmax, "c.json", "m.pt", method="platt")
+    with pytest.raises(SettingsError, match="calibration_method must be one of"):
+        CalibrationFitter([{"name": "idh", "label_key": "idh"}], "c.json", "m.pt", method="vector")
 
 
 def test_metrics_json_optional_keys(tmp_path):

@@ -10,6 +10,7 @@ import json
 import pytest
 from monai.bundle import ConfigParser
 
+from common.calibration import METHODS
 from tests.bundle_cli import REPO, bundle_configs
 
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "evaluate.json").is_file())
@@ -52,7 +53,7 @@ def test_merged_evaluate_runs_the_evaluator_only(bundle):
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_merged_calibrate_fits_temperatures_only(bundle):
     """calibrate.json is an override like evaluate.json: merged after train.json it runs the trained model on the
-    validation split and fits the temperatures, never trains."""
+    validation split and fits the calibration (the bundle's ``calibration_method``), never trains."""
     train, calibrate = _load(bundle, "train.json"), _load(bundle, "calibrate.json")
     assert not sorted(k for k in calibrate if k in train and calibrate[k] == train[k])
     assert not {"imports", "network_def", "network", "locator_def", "datalist", "factors"} & set(calibrate)
@@ -63,7 +64,9 @@ def test_merged_calibrate_fits_temperatures_only(bundle):
     assert not any("trainer" in str(x) for x in parser["initialize"] + parser["finalize"])
     assert parser["calibrator"]["val_data_loader"] == "@validate#dataloader"  # the split training selected on
     targets = [h["_target_"] for h in parser["handlers"]]
-    assert "common.handlers.CheckedCheckpointLoader" in targets and "common.handlers.TemperatureFitter" in targets
+    assert "common.handlers.CheckedCheckpointLoader" in targets and "common.handlers.CalibrationFitter" in targets
+    fitter = next(h for h in parser["handlers"] if h["_target_"] == "common.handlers.CalibrationFitter")
+    assert fitter["method"] == "@calibration_method" and calibrate["calibration_method"] in METHODS
     # evaluate.json and inference.json scale the same outputs calibrate.json fits
     for name in ("evaluate.json", "inference.json"):
         other = _load(bundle, name)

@@ -1,48 +1,20 @@
 """Temperature scaling (Guo et al., ICML 2017): one scalar ``T > 0`` per classification output, fitted on the
-validation split by minimising the negative log-likelihood of ``logits / T``, and the file that keeps it beside the
-model (``models/calibration.json``).
-
-The file::
-
-    {"model_file": "model.pt", "model_sha256": "<hash of the model the temperatures were fitted for>",
-     "outputs": {"<output>": {"temperature": 1.7, "activation": "sigmoid", "n": 40,
-                              "nll_before": ..., "nll_after": ..., "ece_before": ..., "ece_after": ...}}}
-
-:func:`read_temperatures` checks it against the outputs a workflow knows and the model it loads, and raises a
-:class:`~common.errors.SettingsError` naming the file and the key at fault.
-"""
+validation split by minimising the negative log-likelihood of ``logits / T``. It softens or sharpens the outputs but
+cannot remove a shift of the logits (see :mod:`common.calibration.platt`); it is the method for softmax outputs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
-from ..errors import SettingsError
-
-__all__ = [
-    "ACTIVATIONS",
-    "CALIBRATION_FILE",
-    "TEMPERATURE_RANGE",
-    "fit_temperature",
-    "file_sha256",
-    "negative_log_likelihood",
-    "read_temperatures",
-    "write_calibration",
-]
+__all__ = ["ACTIVATIONS", "TEMPERATURE_RANGE", "fit_temperature", "negative_log_likelihood"]
 
 #: The logit -> probability transforms a temperature is fitted for.
 ACTIVATIONS = ("sigmoid", "softmax")
-#: The file name of the temperatures beside the model.
-CALIBRATION_FILE = "calibration.json"
 #: Search range of the temperature (searched over log T); the fitted value is clipped to it.
 TEMPERATURE_RANGE = (0.05, 20.0)
 _T_MIN, _T_MAX = TEMPERATURE_RANGE
@@ -92,80 +64,3 @@ def fit_temperature(
         options={"xatol": 1e-6},
     )
     return float(min(max(math.exp(res.x), _T_MIN), _T_MAX))
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes (which model a calibration file belongs to)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_calibration(path: str, outputs: Mapping[str, Mapping[str, Any]], model_file: str) -> str:
-    """Write the calibration file ``path`` (atomically) for the model ``model_file``; ``outputs``: output name ->
-    ``{"temperature": T, ...}`` (further numbers are kept as they are). Returns ``path``."""
-    for name, entry in outputs.items():
-        t = entry.get("temperature")
-        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"outputs['{name}']['temperature'] must be a positive number, got {t!r}.")
-    doc = {
-        "model_file": os.path.basename(model_file),
-        "model_sha256": file_sha256(model_file),
-        "outputs": {k: dict(v) for k, v in outputs.items()},
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
-    return path
-
-
-def read_temperatures(path: str, outputs: Sequence[str], model_file: str | None = None) -> dict[str, float]:
-    """The temperatures of the calibration file ``path``: output name -> T; ``{}`` when there is no file.
-
-    Args:
-        path: the calibration file.
-        outputs: the classification outputs of the workflow; every output of the file must be one of them.
-        model_file: the model the workflow loads; when given, it must be the one the file was fitted for.
-
-    Raises:
-        SettingsError: the file cannot be read, names an unknown output, holds a temperature that is not a positive
-            number, or belongs to another model. The message names the file and the key.
-    """
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as err:
-        raise SettingsError(f"{path} cannot be read ({err}); run calibrate.json again or delete it.") from err
-    entries = doc.get("outputs") if isinstance(doc, dict) else None
-    if not isinstance(entries, dict):
-        raise SettingsError(f"{path}: key 'outputs' must be an object of output name -> temperature; "
-                            "run calibrate.json again or delete the file.")
-    known = list(outputs)
-    temperatures = {}
-    for name, entry in entries.items():
-        if name not in known:
-            raise SettingsError(
-                f"{path}: key 'outputs.{name}' is not a classification output of this workflow (known: {known}); "
-                "run calibrate.json again or delete the file."
-            )
-        t = entry.get("temperature") if isinstance(entry, dict) else None
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise SettingsError(
-                f"{path}: key 'outputs.{name}.temperature' must be a positive number, got {t!r}; "
-                "run calibrate.json again or delete the file."
-            )
-        temperatures[name] = float(t)
-    if model_file is not None and os.path.isfile(model_file):
-        recorded = doc.get("model_sha256")
-        if recorded != file_sha256(model_file):
-            raise SettingsError(
-                f"{path}: key 'model_sha256' names another model than {model_file} (the model was trained again "
-                "after calibration); run calibrate.json again or delete the file."
-            )
-    return temperatures

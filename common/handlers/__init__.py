@@ -5,6 +5,7 @@ and PACS export."""
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver, settings_path
+from .calibration_fitter import CalibrationFitter, TemperatureFitter
 from .case_results import (
     CaseResult,
     CaseResultConsumer,
@@ -28,7 +29,6 @@ from .run_lock import LOCK_FILE, RunLock, RunLockedError
 from .slice_predictions import SlicePredictionWriter, overlay_heatmap
 from .task_affinity import TaskAffinity
 from .task_logging import TaskEpochSummary, TaskProgressBar, task_scalars
-from .temperature_fitter import TemperatureFitter
 from .volume_predictions import SegClassPredictionWriter
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SIGNATURE_FILE",
     "AtomicCheckpointSaver",
     "BestMetricState",
+    "CalibrationFitter",
     "CaseResult",
     "CaseResultConsumer",
     "CheckedCheckpointLoader",

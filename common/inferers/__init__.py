@@ -3,12 +3,13 @@ disc crops)."""
 
 from __future__ import annotations
 
+from .calibrated import CalibratedInferer, TemperatureScaledInferer
 from .disc_crop import DiscCropInferer, central_green_std
 from .precision import PrecisionInferer
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
-from .temperature import TemperatureScaledInferer
 
 __all__ = [
+    "CalibratedInferer",
     "DiscCropInferer",
     "PrecisionInferer",
     "SegClassSlidingWindowInferer",

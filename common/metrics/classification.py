@@ -42,7 +42,7 @@ class BinaryTaskMetrics(OutputDictMetric):
     returns ``{prefix_auc, prefix_auc_ci_low, prefix_auc_ci_high, prefix_accuracy, prefix_balanced_accuracy,
     prefix_ece, prefix_brier, count_key}`` (balanced accuracy: mean of sensitivity and specificity, nan with one
     class absent; ECE and Brier score: :mod:`common.metrics.calibration`). When the predictions also hold the logits
-    before temperature scaling (``<task>_uncalibrated``, see :class:`common.inferers.TemperatureScaledInferer`),
+    before calibration (``<task>_uncalibrated``, see :class:`common.inferers.CalibratedInferer`),
     also ``prefix_ece_uncalibrated`` and ``prefix_brier_uncalibrated``.
     :meth:`details` gives every sample's ``prefix_label`` (NaN where unknown), ``prefix_prob`` and
     ``prefix_accuracy`` (1 if right, 0 if wrong, NaN where unknown): the ROC-AUC of the labelled samples' probabilities
