@@ -90,6 +90,11 @@ def test_platt_removes_a_logit_shift_that_temperature_cannot():
     assert fit_platt(3 * z, y)[0] == pytest.approx(1 / 3, rel=0.05)  # over-confidence: the scale acts as 1 / T
     a, b = fit_platt(np.array([1.0, 2.0, 3.0]), np.ones(3))  # one class only: stays inside its bounds
     assert 0 < a <= 100 and -20 <= b <= 20
+    # 8 separable samples: T runs to its bound, Platt's smoothed targets keep a and b moderate
+    few_z, few_y = np.array([-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 3.0, 4.0]), np.array([0, 0, 0, 1, 1, 1, 1, 1.0])
+    assert fit_temperature(few_z, few_y) == pytest.approx(0.05, rel=1e-3)
+    a, b = fit_platt(few_z, few_y)
+    assert 0.1 < a < 5 and abs(b) < 2
     with pytest.raises(ValueError, match="same number"):
         fit_platt(z, y[:-1])
 
