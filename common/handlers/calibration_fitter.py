@@ -63,7 +63,7 @@ class CalibrationFitter:
             (``"sigmoid"``: binary, logits ``(B,)``/``(B, 1)``; ``"softmax"``: logits ``(B, C)``, class-index labels;
             default sigmoid).
         calibration_file: the file to write (``models/calibration.json``).
-        model_file: the model the temperatures belong to (its hash is recorded).
+        model_file: the model the calibration belongs to (its hash is recorded).
         missing_value: label value meaning "unknown" (skipped, as are non-finite labels and logits).
         method: the calibration method of every output (``calibration_method`` of ``calibrate.json``).
 
