@@ -68,8 +68,11 @@ def _parser(bundle: str, workflow: str) -> ConfigParser:
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_workflow_properties_complete(bundle, bundle_data):
-    """Every required MONAI bundle property of train.json and inference.json is present (model-zoo's check)."""
+def test_workflow_properties_complete(bundle, bundle_data, tmp_path):
+    """Every required MONAI bundle property of train.json and inference.json is present (model-zoo's check).
+
+    ``ckpt_dir`` points to a scratch folder: initialising train.json takes the training lock and writes side files
+    (e.g. a fitted score) into it, which must not touch the checkout's own ``models/`` folder."""
     spec, cfg_dir = spec_of(bundle), bundle_configs(bundle)
     for workflow, kind in (("train", "train"), ("inference", "infer")):
         files = [str(cfg_dir / c) for c in WORKFLOW_CONFIGS[workflow]]
@@ -79,10 +82,12 @@ def test_workflow_properties_complete(bundle, bundle_data):
             workflow_type=kind,
             logging_file=str(cfg_dir / "logging.conf"),
             dataset_dir=str(bundle_data(bundle)),
+            ckpt_dir=str(tmp_path / "models"),
             **spec.workflow_overrides,
         )
         wf.initialize()
         assert not wf.check_properties(), f"{workflow}: missing properties {wf.check_properties()}"
+        wf.finalize()  # releases the training lock
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
