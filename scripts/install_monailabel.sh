@@ -22,9 +22,10 @@ PIP=(--quiet --disable-pip-version-check --constraint scripts/monailabel-constra
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$MONAILABEL_VERSION" <<'PYCHECK' 2>/dev/null
 import sys
-import monailabel, torch, torchvision, pydicom, dcmqi  # noqa: F401
+import monailabel, torch, torchvision, pydicom, dcmqi, torchjd  # noqa: F401
 from importlib.metadata import version
 assert version("monailabel") == sys.argv[1]
+assert version("torchjd") == "0.18.0"
 assert int(pydicom.__version__.split(".")[0]) < 3
 PYCHECK
 then
@@ -47,6 +48,9 @@ fi
 "$VENV/bin/python" -m pip install "${PIP[@]}" "pydicom<3" "pynetdicom<3" "dicomweb-client<0.60"
 # dcmqi's itkimage2segimage: without it a DICOMweb datastore downloads the binaries from GitHub at server start.
 "$VENV/bin/python" -m pip install "${PIP[@]}" "dcmqi==1.5.7"
+# The bundles' `common` (shipped inside each exported bundle) imports TorchJD (multi-task weighting methods; its core
+# needs only torch); MONAI Label's trainer runs train.json in this environment.
+"$VENV/bin/python" -m pip install "${PIP[@]}" "torchjd==0.18.0"
 "$VENV/bin/python" -c "import monailabel, monai, torch, torchvision, pydicom; print(f'installed in $VENV: monailabel \
 {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, \
 pydicom {pydicom.__version__}')"
