@@ -14,6 +14,7 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 
 from ..errors import SettingsError
+from ..networks.parallel import unwrap_parallel
 from ..weighting import Weighting
 from .precision import ForwardSettings
 
@@ -122,8 +123,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         logger.info(f"{rank}epoch {engine.state.epoch}: training tasks {self.active_tasks}")
 
     def _core_network(self) -> nn.Module:
-        net = self.network
-        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        return unwrap_parallel(self.network)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The network's shared parameters (``shared_parameters()`` if it has one, else all parameters)."""

@@ -11,13 +11,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..networks.parallel import unwrap_parallel
+
 __all__ = ["EMAWeights"]
 
 logger = logging.getLogger(__name__)
-
-
-def _core(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
 
 
 class EMAWeights:
@@ -47,7 +45,9 @@ class EMAWeights:
         self.network, self.decay, self.validator = network, value, validator
         self.ema: AveragedModel | None = None
         if self.enabled:
-            self.ema = AveragedModel(_core(network), multi_avg_fn=get_ema_multi_avg_fn(value), use_buffers=True)
+            self.ema = AveragedModel(
+                unwrap_parallel(network), multi_avg_fn=get_ema_multi_avg_fn(value), use_buffers=True
+            )
         self._saved: dict[str, torch.Tensor] | None = None
 
     @property
@@ -67,7 +67,7 @@ class EMAWeights:
     def update(self, engine: Engine | None = None) -> None:
         """Fold the network's current weights into the average."""
         if self.ema is not None:
-            self.ema.update_parameters(_core(self.network))
+            self.ema.update_parameters(unwrap_parallel(self.network))
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         assert self.ema is not None
@@ -77,21 +77,21 @@ class EMAWeights:
         """Put the EMA weights into the network, keeping the training weights aside."""
         if self.ema is None or self._saved is not None or int(self.ema.n_averaged) == 0:
             return
-        core = _core(self.network)
+        core = unwrap_parallel(self.network)
         self._saved = {k: v.detach().clone() for k, v in core.state_dict().items()}
         core.load_state_dict(self._ema_state())
 
     def swap_out(self, engine: Engine | None = None, *_: Any) -> None:
         """Put the training weights back after :meth:`swap_in`."""
         if self._saved is not None:
-            _core(self.network).load_state_dict(self._saved)
+            unwrap_parallel(self.network).load_state_dict(self._saved)
             self._saved = None
 
     def use_ema(self, engine: Engine | None = None) -> None:
         """Leave the EMA weights in the network for good (end of training)."""
         if self.ema is not None and int(self.ema.n_averaged) > 0:
             self._saved = None
-            _core(self.network).load_state_dict(self._ema_state())
+            unwrap_parallel(self.network).load_state_dict(self._ema_state())
             logger.info(f"training complete: the network holds the EMA weights (decay {self.decay}).")
 
     def state_dict(self) -> dict[str, Any]:

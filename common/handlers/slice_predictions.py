@@ -12,8 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 from PIL import Image
-from torch import nn
 
+from ..networks.parallel import unwrap_parallel
 from ..networks.vit_mim import ViTEncoder, attention_rollout
 from .case_results import CaseResult, Measurement, PredictionWriter
 
@@ -91,8 +91,7 @@ class SlicePredictionWriter(PredictionWriter):
 
     @staticmethod
     def _encoder(engine: Engine) -> ViTEncoder | None:
-        net = engine.network
-        net = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        net = unwrap_parallel(engine.network)
         enc = getattr(net, "encoder", None)
         if isinstance(enc, ViTEncoder) and all(b.attn.save_attn for b in enc.blocks):
             return enc

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import SettingsError
+from .parallel import unwrap_parallel
 
 __all__ = [
     "KEY_MAPS",
@@ -223,8 +224,7 @@ def map_keys(
 def submodule(network: nn.Module, target: str | None) -> nn.Module:
     """The module pretrained weights are loaded into: ``network`` itself for ``None``, ``""`` or ``"network"``,
     else the submodule of that dotted name (``"encoder"``); a DDP/DataParallel wrapper is looked through."""
-    core = getattr(network, "module", network) if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    core = core.module if isinstance(core, nn.DataParallel) else core
+    core = unwrap_parallel(network)
     if target in (None, "", "network"):
         return core
     try:
