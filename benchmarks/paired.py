@@ -63,6 +63,13 @@ def _columns(key: str, header: Sequence[str]) -> tuple[str, str | None] | None:
     return None
 
 
+def _settings(record: dict, spec: BundleSpec) -> str:
+    """The overrides a run was trained with beyond its strategy's own (the budget: epochs, sizes), or 'defaults'."""
+    own = {f"{k}={v}" for k, v in spec.strategy_overrides(record["strategy"]).items()}
+    extra = [o for o in str(record.get("overrides", "")).split() if o not in own]
+    return " ".join(extra) or "defaults"
+
+
 def paired_rows(spec: BundleSpec, records: Sequence[dict], folder: Path, n_bootstrap: int = 2000) -> list[dict]:
     """Per headline metric with a single-task model and training fraction: the pooled paired comparison.
 
@@ -82,6 +89,8 @@ def paired_rows(spec: BundleSpec, records: Sequence[dict], folder: Path, n_boots
             continue
         for fraction in fractions:
             a, b, labels, cases, pairs, folds, seeds = [], [], [], [], 0, set(), set()
+            minutes: dict[str, list[float]] = {"mtl": [], "stl": []}
+            settings: set[str] = set()
             for (strategy, tag, frac, seed, fold), rec in index.items():
                 other = index.get((m.stl, tag, frac, seed, fold))
                 if strategy != spec.mtl or frac != fraction or other is None:
@@ -98,6 +107,9 @@ def paired_rows(spec: BundleSpec, records: Sequence[dict], folder: Path, n_boots
                 labels += [r[label] for r in mtl_rows] if label else []
                 cases += [r["case"] for r in mtl_rows]
                 pairs += 1
+                minutes["mtl"].append(float(rec.get("train_minutes", math.nan)))
+                minutes["stl"].append(float(other.get("train_minutes", math.nan)))
+                settings.add(_settings(rec, spec))
                 seeds.add(seed)
                 folds.add(fold)
             if not pairs:
@@ -125,6 +137,9 @@ def paired_rows(spec: BundleSpec, records: Sequence[dict], folder: Path, n_boots
                     "p_wilcoxon": res["p_value"],
                     "wilcoxon_on": "|label - probability|" if labels else "per-case value",
                     "verdict": verdict(res["difference"], res["ci_low"], res["ci_high"], m.higher_is_better),
+                    "mtl_train_minutes": round(sum(minutes["mtl"]) / pairs, 2),
+                    "stl_train_minutes": round(sum(minutes["stl"]) / pairs, 2),
+                    "settings": "; ".join(sorted(settings)),
                 }
             )
     return out
@@ -173,6 +188,17 @@ def paired_markdown(rows: Sequence[dict]) -> str:
             str(r["n_cases"]), str(r["n_seeds"]), str(r["n_folds"]),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    budgets = {}
+    for r in rows:
+        if "settings" in r:
+            key = (r["bundle"], r["mtl"], r["stl"])
+            budgets[key] = (
+                f"- {r['bundle']}, {r['mtl']} vs {r['stl']}: trained with {r['settings']}; "
+                f"{_num(r['mtl_train_minutes'], 1)} vs {_num(r['stl_train_minutes'], 1)} training minutes per run"
+            )
+    if budgets:
+        lines += ["", "Budgets (train.json overrides beyond the strategy; mean wall minutes of one training run):", ""]
+        lines += list(budgets.values())
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -205,9 +207,24 @@ def build_parser(description: str, default_fractions: Sequence[float], default_o
     return parser
 
 
-def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
+def record_command(folder: Path, command: str) -> None:
+    """Append ``command`` to ``<folder>/commands.txt`` (once), so a report can show what produced the runs."""
+    path = folder / "commands.txt"
+    known = path.read_text().splitlines() if path.exists() else []
+    if command not in known:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([*known, command]) + "\n")
+
+
+def command_line(module: str) -> str:
+    """How this process was started, as ``python -m <module> <arguments>``."""
+    return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+
+
+def run_benchmark(args: argparse.Namespace, name: str, command: str | None = None) -> list[dict]:
     """Run (or resume) the runs ``args`` describe, then write ``<name>_runs.csv`` and ``<name>.csv``; return the
-    comparison rows."""
+    comparison rows. ``command`` (the command line that asked for the runs) is kept in each bundle's
+    ``commands.txt``."""
     out = Path(args.out).resolve()
     for option in ("dataset_dir", "extra_configs"):
         if getattr(args, option) is not None and len(args.bundles) != 1:
@@ -248,6 +265,8 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
         for r in runs:
             by_bundle.setdefault(r.spec.name, []).append(r)
         for bundle, items in by_bundle.items():
+            if command:
+                record_command(out / bundle, command)
             execute_all(items, out / bundle, args.parallel)
     all_records, rows, paired = [], [], []
     for bundle in args.bundles:
@@ -267,7 +286,7 @@ def run_benchmark(args: argparse.Namespace, name: str) -> list[dict]:
 
 def main() -> None:
     args = build_parser(__doc__, [1.0], "benchmarks/results/quality").parse_args()
-    rows = run_benchmark(args, "quality")
+    rows = run_benchmark(args, "quality", command=command_line("benchmarks.quality"))
     title = "Multi-task vs single-task at equal budget (mean, 95% CI over seeds)"
     plot_quality(rows, Path(args.out) / "quality.png", title)
     print(f"wrote {Path(args.out) / 'quality.csv'} and quality.png")

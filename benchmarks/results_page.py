@@ -105,8 +105,16 @@ def paired_section(folder: Path, assets: Path) -> list[str]:
         paired_markdown(rows).rstrip(),
     ]
     _copy(folder / "paired.csv", assets, "paired.csv")
-    lines += ["", f"Command: `{COMMANDS['paired']}`", ""]
+    commands = [c for b in dict.fromkeys(r["bundle"] for r in rows) for c in _commands(folder / b)]
+    lines += ["", "Commands:" if commands else f"Command: `{COMMANDS['paired']}`", ""]
+    lines += [f"    {c}" for c in commands] + ([""] if commands else [])
     return lines
+
+
+def _commands(folder: Path) -> list[str]:
+    """The benchmark command lines that produced the runs under ``folder`` (its ``commands.txt``), if known."""
+    path = folder / "commands.txt"
+    return [c for c in path.read_text().splitlines() if c.strip()] if path.exists() else []
 
 
 def cost_section(folder: Path, assets: Path) -> list[str]:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.quality import build_parser, run_benchmark
+from benchmarks.quality import build_parser, command_line, run_benchmark
 
 
 def plot_scarcity(rows: Sequence[dict], path: Path) -> None:
@@ -54,7 +54,7 @@ def plot_scarcity(rows: Sequence[dict], path: Path) -> None:
 
 def main() -> None:
     args = build_parser(__doc__, [0.1, 0.25, 0.5, 1.0], "benchmarks/results/scarcity").parse_args()
-    rows = run_benchmark(args, "scarcity")
+    rows = run_benchmark(args, "scarcity", command=command_line("benchmarks.scarcity"))
     plot_scarcity(rows, Path(args.out) / "scarcity.png")
     print(f"wrote {Path(args.out) / 'scarcity.csv'} and scarcity.png")
 

@@ -102,15 +102,21 @@ def test_paired_rows_line_up_runs_of_one_seed_and_fold(tmp_path):
                      "glaucoma_head_prob": 1 / (1 + math.exp(-(y - 0.5) * 4 - noise * rng.normal()))}
                     for c, y in zip(cases, labels)]  # fmt: skip
             write_csv(rows, folder / "per_case.csv")
-            records.append({"strategy": strategy, "tag": "", "train_fraction": 1.0, "seed": 0, "fold": fold})
+            records.append({"strategy": strategy, "tag": "", "train_fraction": 1.0, "seed": 0, "fold": fold,
+                            "train_minutes": 2.0 + fold if strategy == "mtl" else 1.0,
+                            "overrides": f"strategy={strategy} epochs=5"})  # fmt: skip
     rows = {r["metric"]: r for r in paired_rows(spec, records, tmp_path / "fundus_glaucoma", n_bootstrap=200)}
     assert set(rows) == {"disc_dice", "glaucoma_head_auc"}  # cup Dice and vCDR have no per-case column here
     dice = rows["disc_dice"]
     assert dice["n_pairs"] == 2 and dice["n_folds"] == 2 and dice["n_cases"] == 24 and dice["stl"] == "stl_seg"
     assert dice["difference"] == pytest.approx(0.1, abs=0.01) and dice["verdict"].startswith("MTL better, by +0.")
     assert rows["glaucoma_head_auc"]["wilcoxon_on"] == "|label - probability|"
+    # the budget beside the verdict: overrides beyond the strategy, mean training minutes of each side
+    assert (dice["settings"], dice["mtl_train_minutes"], dice["stl_train_minutes"]) == ("epochs=5", 2.5, 1.0)
     write_paired(list(rows.values()), tmp_path)
-    assert "fundus_glaucoma, disc Dice" in (tmp_path / "paired.md").read_text()
+    md = (tmp_path / "paired.md").read_text()
+    assert "fundus_glaucoma, disc Dice" in md
+    assert "fundus_glaucoma, mtl vs stl_seg: trained with epochs=5; 2.5 vs 1.0 training minutes per run" in md
     assert len(read_per_case(tmp_path / "fundus_glaucoma" / "mtl_frac1_seed0_fold0" / "eval" / "per_case.csv")) == 12
     records.append({"strategy": "stl_seg", "tag": "", "train_fraction": 1.0, "seed": 0, "fold": 1})
     broken = tmp_path / "fundus_glaucoma" / "stl_seg_frac1_seed0_fold1" / "eval" / "per_case.csv"
@@ -310,7 +316,10 @@ def test_results_page_from_csvs(tmp_path):
                 "n_cases": 101, "n_samples": 101, "mtl_value": 0.95, "stl_value": 0.94, "difference": 0.01,
                 "ci_low": 0.004, "ci_high": 0.016, "p_wilcoxon": 0.002, "wilcoxon_on": "per-case value",
                 "verdict": verdict(0.01, 0.004, 0.016)}], quality / "paired.csv")  # fmt: skip
+    (quality / "fundus_glaucoma").mkdir()
+    (quality / "fundus_glaucoma" / "commands.txt").write_text("python -m benchmarks.quality --folds 5 --tag cpu\n")
     page = build_page()
+    assert "    python -m benchmarks.quality --folds 5 --tag cpu\n" in page  # the command that ran, not a default
     first = page.index("## Is multi-task better? Paired, case by case")
     assert first < page.index("## 2. Quality") and "MTL better, by +0.010 [+0.004, +0.016]" in page
     assert "Wilcoxon p = 0.002; 101 cases, 1 seed(s), 5 fold(s)" in page
@@ -333,7 +342,9 @@ def test_two_fold_paired_quality_run_on_demo_data(tmp_path):
          "--folds", "2", "--paired", "--n_bootstrap", "200", "--out", str(out), "--override", "epochs=1",
          "val_interval=1", *small]
     )  # fmt: skip
-    run_benchmark(args, "quality")
+    run_benchmark(args, "quality", command="python -m benchmarks.quality --folds 2")
+    run_benchmark(args, "quality", command="python -m benchmarks.quality --folds 2")  # resumed: nothing runs again
+    assert (out / "glioma_seg_idh" / "commands.txt").read_text() == "python -m benchmarks.quality --folds 2\n"
     records = collect(out / "glioma_seg_idh")
     assert sorted((r["strategy"], r["fold"], r["num_folds"]) for r in records) == [
         ("mtl", 0, 2), ("mtl", 1, 2), ("stl_seg", 0, 2), ("stl_seg", 1, 2)
