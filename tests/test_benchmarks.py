@@ -295,13 +295,13 @@ def test_results_page_from_csvs(tmp_path):
     out = tmp_path / "docs" / "results.md"
     none = str(tmp_path / "none")
 
-    def build_page() -> str:
+    def build_page(*extra: str, quality_dir: str = str(quality)) -> str:
         import sys
 
         argv = sys.argv
-        sys.argv = ["results_page", "--cost", none, "--speed", none, "--quality", str(quality), "--scarcity", none,
+        sys.argv = ["results_page", "--cost", none, "--speed", none, "--quality", quality_dir, "--scarcity", none,
                     "--weighting", none, "--affinity", str(tmp_path / "affinity"), "--preamble",
-                    str(tmp_path / "none.md"), "--out", str(out)]  # fmt: skip
+                    str(tmp_path / "none.md"), "--out", str(out), *extra]  # fmt: skip
         try:
             results_page_main()
         finally:
@@ -327,6 +327,14 @@ def test_results_page_from_csvs(tmp_path):
     assert "## Task affinity" in page and "0.1400" not in page and "0.140" in page
     assert (out.parent / "results" / "affinity.png").stat().st_size > 0
     assert list(csv.DictReader(open(out.parent / "results" / "quality.csv")))
+    # only the paired section rebuilt, from another folder; the sections whose runs are not here are kept as they were
+    other = tmp_path / "cv"
+    write_csv([{**next(csv.DictReader(open(quality / "paired.csv"))), "difference": 0.02, "ci_low": -0.01,
+                "ci_high": 0.05, "verdict": verdict(0.02, -0.01, 0.05)}], other / "paired.csv")  # fmt: skip
+    spliced = build_page("--sections", "paired", "--paired", str(other), quality_dir=none)
+    assert "no detectable difference" in spliced and "MTL better, by +0.010" not in spliced
+    assert spliced.index("## Is multi-task better?") < spliced.index("## 2. Quality") < spliced.index("## Task aff")
+    assert spliced.split("## 2. Quality")[1] == page.split("## 2. Quality")[1]  # kept word for word
 
 
 @pytest.mark.slow  # about 2 minutes of CPU (8 bundle runs), longer on a busy machine
