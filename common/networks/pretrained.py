@@ -17,6 +17,7 @@ checkpoint loaded into an encoder), then an optional key map renames keys (a reg
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -264,6 +265,20 @@ class PretrainedReport:
         return text
 
 
+def _written_with(path: str) -> str:
+    """" The file was written with settings {...}" where a settings file lies beside it (as pre-training and
+    training write, see :class:`~common.handlers.AtomicCheckpointSaver`), else ""."""
+    from ..handlers.atomic_checkpoint import settings_path  # lazy: the handlers package imports this one
+
+    try:
+        with open(settings_path(path)) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    where = settings_path(path)
+    return f" The file was written with settings {json.dumps(settings)} ({where}); build the network with them."
+
+
 def load_pretrained(
     network: nn.Module,
     path: str | os.PathLike | None,
@@ -338,7 +353,7 @@ def load_pretrained_weights(
             + ("; pretrained_strict false loads what matches" if loadable else "")
         )
         file_keys = _first(list(state)) if state else "none"
-        raise SettingsError(f"{report.summary()}; file keys: {file_keys}. {why}: {hint}.")
+        raise SettingsError(f"{report.summary()}; file keys: {file_keys}. {why}: {hint}.{_written_with(path)}")
     module.load_state_dict(loadable, strict=False)
     logger.info(report.summary())
     return report
