@@ -144,6 +144,9 @@ def test_unlabelled_datalist_keeps_held_out_images_out(tmp_path: Path) -> None:
     assert sorted(Path(r["image"]).name for r in records) == ["a.png", "b.png", "d.png", "e.jpg"]
     assert all("label" not in r for r in records)
     assert {r["source"] for r in records if Path(r["image"]) in extra} == {str(tmp_path / "extra")}
+    _photos(tmp_path / "maps", ["1.png", "1_vessel.png", "2.png"])
+    pattern = build_unlabelled_datalist([], str(tmp_path / "maps" / "*[0-9].png"))  # photographs, not label maps
+    assert [Path(r["image"]).name for r in pattern] == ["1.png", "2.png"]
     with pytest.raises(DatasetError, match="missing_folder"):
         build_unlabelled_datalist(train, str(tmp_path / "missing_folder"))
 

@@ -3,6 +3,7 @@ plus folders of photographs or of case folders of volumes, never an image of a h
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
@@ -55,14 +56,17 @@ def build_unlabelled_datalist(
     ``"image_id"`` kept, then the images of every folder of ``folders``.
 
     A folder holds photographs (``modalities`` None: the files directly in it or in its ``images/`` folder, see
-    :func:`~common.data.list_fundus_images`) or case folders of volumes (``modalities`` given: see
-    :func:`~common.data.build_brats_datalist`, segmentations not needed). A folder image that is also an image of
-    ``held_out`` (the validation and test records of the data set, compared by resolved path) is left out, with a
-    warning counting them, so pre-training never sees an image of a split that is evaluated.
+    :func:`~common.data.list_fundus_images`; or give a glob pattern of photographs, e.g.
+    ``data/les_av/images/*[0-9].png`` to leave out the label maps lying beside them) or case folders of volumes
+    (``modalities`` given: see :func:`~common.data.build_brats_datalist`, segmentations not needed). A folder image
+    that is also an image of ``held_out`` (the validation and test records of the data set, compared by resolved
+    path) is left out, with a warning counting them, so pre-training never sees an image of a split that is
+    evaluated.
 
     Args:
         records: the training split's records.
-        folders: folders of further unlabelled images (a path or a list of paths; None or empty for none).
+        folders: folders (or glob patterns of photographs) of further unlabelled images: a path or a list of them;
+            None or empty for none.
         keys: the record keys of the image files (``["image"]``, or the modality keys of volumes).
         held_out: records whose images pre-training must not see.
         modalities: modalities of the volumes in ``folders`` (None: the folders hold photographs).
@@ -83,9 +87,16 @@ def build_unlabelled_datalist(
     held_hits = train_hits = 0
     for folder in _folders(folders):
         path = Path(folder)
-        if not path.is_dir():
+        if any(c in folder for c in "*?[") and not modalities:
+            exts = {e.lower() for e in extensions}
+            files = [Path(f) for f in sorted(glob.glob(folder)) if Path(f).suffix.lower() in exts]
+            if not files:
+                raise DatasetError(f"pretraining pattern {folder} matches no image {sorted(exts)} (setting "
+                                   "'pretrain_dirs').")
+            found = [{"image": str(f), "case": f.stem, "image_id": f.stem} for f in files]
+        elif not path.is_dir():
             raise DatasetError(f"pretraining folder {folder} is not a folder (setting 'pretrain_dirs').")
-        if modalities:
+        elif modalities:
             found = build_brats_datalist(path, list(modalities), require_seg=False)
         else:
             found = list_fundus_images(path, extensions)
