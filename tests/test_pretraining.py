@@ -178,6 +178,12 @@ def test_pretraining_writes_an_encoder_checkpoint_that_pretrained_loads(
     or test image) and writes ``models/pretrained_encoder.pt`` with its settings; train.json with ``--pretrained``
     loads every tensor of it into the encoder, and a network of other sizes fails with the settings quoted."""
     monkeypatch.chdir(bundle_configs(bundle).parents[2])
+    # an override like evaluate.json: it repeats no train.json item and runs the pre-training trainer only
+    train_items = json.loads((bundle_configs(bundle) / "train.json").read_text())
+    pretrain_items = json.loads((bundle_configs(bundle) / "pretrain.json").read_text())
+    assert not sorted(k for k in pretrain_items if train_items.get(k, object()) == pretrain_items[k])
+    assert pretrain_items["run"] == ["$@pretrain#trainer.run()"]
+    assert pretrain_items["pretrain"]["trainer"]["precision"] == "@precision"
     root = tmp_path / "root"
     overrides = {"dataset_dir": str(bundle_data(bundle)), "bundle_root": str(root), **QUICK[bundle]}
     log = log_of(run_bundle(bundle, ["train.json", "pretrain.json"],
