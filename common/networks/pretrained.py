@@ -266,16 +266,14 @@ class PretrainedReport:
 
 
 def _written_with(path: str) -> str:
-    """" The file was written with settings {...}" where a settings file lies beside it (as pre-training and
-    training write, see :class:`~common.handlers.AtomicCheckpointSaver`), else ""."""
-    from ..handlers.atomic_checkpoint import settings_path  # lazy: the handlers package imports this one
-
+    """" The file was written with settings {...}" where a settings file lies beside it (``x.pt`` ->
+    ``x_settings.json``, as pre-training and training write it: ``common.handlers.settings_path``), else ""."""
+    where = f"{os.path.splitext(path)[0]}_settings.json"  # not imported: common.handlers imports this package
     try:
-        with open(settings_path(path)) as f:
+        with open(where) as f:
             settings = json.load(f)
     except (OSError, ValueError):
         return ""
-    where = settings_path(path)
     return f" The file was written with settings {json.dumps(settings)} ({where}); build the network with them."
 
 
