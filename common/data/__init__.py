@@ -29,6 +29,7 @@ from .slices import (
     normalize_intensity,
 )
 from .split import SPLIT_NAMES, fold_cases, select_split, split_cases, subsample_cases
+from .unlabelled import build_unlabelled_datalist
 
 # names of the modules that are also commands (``python -m common.data.<module>``), imported on first use so
 # that running such a module does not import it twice
@@ -57,6 +58,7 @@ __all__ = [
     "build_brats_datalist",
     "build_fundus_datalist",
     "build_slice_dataset",
+    "build_unlabelled_datalist",
     "case_error",
     "check_label_join",
     "ensure_demo_data",

@@ -38,8 +38,9 @@ class MultiTaskLoss(nn.Module):
     Args:
         tasks: task name -> spec with keys ``loss`` (callable ``loss(pred, target[, weight])``), ``target`` (key of
             the target in the targets dict, default the task name), optional ``weight`` (key of a per-pixel or
-            per-sample weight passed as third argument, e.g. the MIM mask), optional ``missing_value`` (label value
-            meaning "unknown", e.g. -1 or ``nan``), optional ``target_dtype`` ("float" or "long").
+            per-sample weight passed as third argument, e.g. the MIM mask: looked up in the targets, else in the
+            network's outputs), optional ``missing_value`` (label value meaning "unknown", e.g. -1 or ``nan``),
+            optional ``target_dtype`` ("float" or "long").
     """
 
     def __init__(self, tasks: Mapping[str, Mapping[str, Any]]) -> None:
@@ -95,6 +96,12 @@ class MultiTaskLoss(nn.Module):
                 target = target.unsqueeze(1)
             args = [pred[valid], target[valid]]
             if spec["weight"] is not None:
-                args.append(torch.as_tensor(targets[spec["weight"]], device=pred.device)[valid])
+                source = targets if spec["weight"] in targets else preds  # e.g. the mask a masked image model drew
+                if spec["weight"] not in source:
+                    raise ValueError(
+                        f"neither targets nor outputs hold weight '{spec['weight']}' of task '{name}'; targets: "
+                        f"{sorted(targets)}, outputs: {sorted(preds)}."
+                    )
+                args.append(torch.as_tensor(source[spec["weight"]], device=pred.device)[valid])
             out[name] = self._fns[name](*args)
         return out

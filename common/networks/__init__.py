@@ -13,6 +13,7 @@ from .backbones import (
     image_encoder,
     torchvision_resnet,
 )
+from .masked_image_model import MaskedImageModel, random_patch_mask
 from .multitask import MultiTaskNet
 from .param_groups import encoder_of, encoder_param_groups
 from .pretrained import (
@@ -41,6 +42,7 @@ __all__ = [
     "TORCHVISION_RESNETS",
     "FactorHead",
     "GatedFactorHead",
+    "MaskedImageModel",
     "MultiTaskNet",
     "PretrainedReport",
     "PriorExpert",
@@ -54,6 +56,7 @@ __all__ = [
     "encoder_param_groups",
     "load_pretrained",
     "load_pretrained_weights",
+    "random_patch_mask",
     "read_state_dict",
     "register_key_map",
     "timm_vit_to_monai",

@@ -17,6 +17,7 @@ checkpoint loaded into an encoder), then an optional key map renames keys (a reg
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -264,6 +265,18 @@ class PretrainedReport:
         return text
 
 
+def _written_with(path: str) -> str:
+    """" The file was written with settings {...}" where a settings file lies beside it (``x.pt`` ->
+    ``x_settings.json``, as pre-training and training write it: ``common.handlers.settings_path``), else ""."""
+    where = f"{os.path.splitext(path)[0]}_settings.json"  # not imported: common.handlers imports this package
+    try:
+        with open(where) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    return f" The file was written with settings {json.dumps(settings)} ({where}); build the network with them."
+
+
 def load_pretrained(
     network: nn.Module,
     path: str | os.PathLike | None,
@@ -338,7 +351,7 @@ def load_pretrained_weights(
             + ("; pretrained_strict false loads what matches" if loadable else "")
         )
         file_keys = _first(list(state)) if state else "none"
-        raise SettingsError(f"{report.summary()}; file keys: {file_keys}. {why}: {hint}.")
+        raise SettingsError(f"{report.summary()}; file keys: {file_keys}. {why}: {hint}.{_written_with(path)}")
     module.load_state_dict(loadable, strict=False)
     logger.info(report.summary())
     return report
