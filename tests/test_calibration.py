@@ -22,8 +22,8 @@ from common.calibration import (
 )
 from common.data import FactorTable
 from common.errors import SettingsError
-from common.handlers import CalibrationFitter, MetricsJSONWriter, TemperatureFitter
-from common.inferers import CalibratedInferer, TemperatureScaledInferer
+from common.handlers import CalibrationFitter, MetricsJSONWriter
+from common.inferers import CalibratedInferer
 from common.metrics import BinaryTaskMetrics, FactorMetrics
 from common.metrics.calibration import brier_score, expected_calibration_error, reliability_bins
 from common.metrics.reliability_diagram import draw_reliability_diagram
@@ -153,7 +153,6 @@ def test_inferer_scales_named_outputs_and_keeps_uncalibrated(tmp_path):
     def inner(inputs, network):
         return network(inputs)
 
-    assert TemperatureScaledInferer is CalibratedInferer  # the former name of bundle configs
     inferer = CalibratedInferer(inner, path, ["idh"], model, keep_uncalibrated=True)
     out = inferer(torch.zeros(2), lambda x: dict(logits))
     assert torch.equal(out["idh"], torch.tensor([[2.0], [-1.0]]))
@@ -218,7 +217,7 @@ def test_temperature_fitter_writes_file_and_logs(tmp_path, caplog):
     y[:10] = -1  # unknown labels are skipped
     batches = [_output(3 * z[i : i + 500], y[i : i + 500]) for i in range(0, 2000, 500)]
     engine = Engine(lambda e, b: b)
-    fitter = TemperatureFitter([{"name": "idh", "label_key": "idh"}], str(tmp_path / "calibration.json"), str(model))
+    fitter = CalibrationFitter([{"name": "idh", "label_key": "idh"}], str(tmp_path / "calibration.json"), str(model))
     fitter.attach(engine)
     with caplog.at_level("INFO"):
         engine.run(batches)
@@ -230,13 +229,13 @@ def test_temperature_fitter_writes_file_and_logs(tmp_path, caplog):
     assert "calibration of 'idh' on 1990 samples: temperature" in caplog.text
     # one class only: the fit runs to the end of the range, and says so
     engine = Engine(lambda e, b: b)
-    one_class = TemperatureFitter([{"name": "idh", "label_key": "idh"}], str(tmp_path / "one.json"), str(model))
+    one_class = CalibrationFitter([{"name": "idh", "label_key": "idh"}], str(tmp_path / "one.json"), str(model))
     one_class.attach(engine)
     with caplog.at_level("WARNING"):
         engine.run([_output(np.array([0.5, 1.0]), np.array([1.0, 1.0]))])
     assert "one class only" in caplog.text and "at the end of the search range" in caplog.text
     with pytest.raises(ValueError, match="label_key"):
-        TemperatureFitter([{"name": "idh"}], "c.json", "m.pt")
+        CalibrationFitter([{"name": "idh"}], "c.json", "m.pt")
 
 
 def test_platt_fitter_writes_scale_and_bias_and_refuses_softmax(tmp_path, caplog):

@@ -5,7 +5,7 @@ and PACS export."""
 from __future__ import annotations
 
 from .atomic_checkpoint import AtomicCheckpointSaver, settings_path
-from .calibration_fitter import CalibrationFitter, TemperatureFitter
+from .calibration_fitter import CalibrationFitter
 from .case_results import (
     CaseResult,
     CaseResultConsumer,
@@ -60,7 +60,6 @@ __all__ = [
     "TaskAffinity",
     "TaskEpochSummary",
     "TaskProgressBar",
-    "TemperatureFitter",
     "check_model_settings",
     "collect_case_results",
     "draw_contours",

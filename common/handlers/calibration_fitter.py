@@ -28,7 +28,7 @@ from ..calibration import (
 from ..errors import DatasetError, SettingsError
 from ..metrics.calibration import expected_calibration_error
 
-__all__ = ["CalibrationFitter", "TemperatureFitter"]
+__all__ = ["CalibrationFitter"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,3 @@ class CalibrationFitter:
                            "it before using it.")
         return LogitCalibration("platt", scale=a, bias=b)
 
-
-#: The former name (configs written before Platt scaling); fits temperatures unless given ``method``.
-TemperatureFitter = CalibrationFitter

@@ -3,7 +3,7 @@ disc crops)."""
 
 from __future__ import annotations
 
-from .calibrated import CalibratedInferer, TemperatureScaledInferer
+from .calibrated import CalibratedInferer
 from .disc_crop import DiscCropInferer, central_green_std
 from .precision import PrecisionInferer
 from .seg_class_sliding_window import SegClassSlidingWindowInferer
@@ -13,6 +13,5 @@ __all__ = [
     "DiscCropInferer",
     "PrecisionInferer",
     "SegClassSlidingWindowInferer",
-    "TemperatureScaledInferer",
     "central_green_std",
 ]

@@ -13,7 +13,7 @@ from monai.inferers import Inferer
 from ..calibration import LogitCalibration, read_calibration
 from ..metrics.calibration import UNCALIBRATED_SUFFIX
 
-__all__ = ["CalibratedInferer", "TemperatureScaledInferer"]
+__all__ = ["CalibratedInferer"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,3 @@ class CalibratedInferer(Inferer):
                 out[name] = calibration(out[name])
         return out
 
-
-#: The former name (configs written before Platt scaling).
-TemperatureScaledInferer = CalibratedInferer
