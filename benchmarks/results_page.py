@@ -109,6 +109,9 @@ def paired_section(folder: Path, assets: Path) -> list[str]:
         paired_markdown(rows).rstrip(),
     ]
     _copy(folder / "paired.csv", assets, "paired.csv")
+    if (folder / "quality_runs.csv").exists():  # the runs behind the pairs (one row per strategy, seed and fold)
+        runs = _copy(folder / "quality_runs.csv", assets, "paired_runs.csv")
+        lines += ["", f"Every run (its settings, training minutes and metrics): [{runs}]({runs})."]
     commands = [c for b in dict.fromkeys(r["bundle"] for r in rows) for c in _commands(folder / b)]
     lines += ["", "Commands:" if commands else f"Command: `{COMMANDS['paired']}`", ""]
     lines += [f"    {c}" for c in commands] + ([""] if commands else [])
