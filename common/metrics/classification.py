@@ -138,7 +138,7 @@ class BinaryTaskMetrics(OutputDictMetric):
         if self._raw_probs:
             raw = np.concatenate(self._raw_probs)
             out.update(calibration_scores(raw, labels, self.prefix, UNCALIBRATED_SUFFIX))
-            curves = {"temperature-scaled": (probs, labels), "uncalibrated": (raw, labels)}
+            curves = {"calibrated": (probs, labels), "uncalibrated": (raw, labels)}
         if self.reliability_dir is not None:
             path = os.path.join(self.reliability_dir, f"{self.prefix}_reliability.png")
             draw_reliability_diagram(path, curves, title=f"{self.prefix}: reliability ({len(labels)} samples)")

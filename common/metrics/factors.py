@@ -155,7 +155,7 @@ class FactorMetrics(OutputDictMetric):
                 curves = {"model output": (yhat, y)}
                 if len(raw) and not np.isnan(raw[:, j]).all():
                     out.update(calibration_scores(raw[known, j], y, f"{p}{f.name}", UNCALIBRATED_SUFFIX))
-                    curves = {"temperature-scaled": (yhat, y), "uncalibrated": (raw[known, j], y)}
+                    curves = {"calibrated": (yhat, y), "uncalibrated": (raw[known, j], y)}
                 if self.reliability_dir is not None:
                     draw_reliability_diagram(
                         os.path.join(self.reliability_dir, f"{p}{f.name}_reliability.png"), curves,
