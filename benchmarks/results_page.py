@@ -175,11 +175,15 @@ def speed_section(folder: Path, assets: Path) -> list[str]:
             "peak memory"]  # fmt: skip
     lines += _table(head, body)
     if rows[0].get("memory_kind"):
-        lines += ["", f"Peak memory: {rows[0]['memory_kind']}."]
+        child = rows[0]["memory_kind"].startswith("child process")
+        note = (" of a process that loads the bundle's data, builds that variant alone and runs two training steps and "
+                "one inference (the loaded data dominate it)") if child else ""
+        lines += ["", f"Peak memory: {rows[0]['memory_kind']}{note}."]
     if (folder / "speed.png").exists():
         lines += ["", f"![speed switches]({_copy(folder / 'speed.png', assets, 'speed.png')})"]
     _copy(folder / "speed.csv", assets, "speed.csv")
-    lines += ["", f"Command: `{COMMANDS['speed']}`", ""]
+    commands = _commands(folder) or [COMMANDS["speed"]]
+    lines += ["", "Command:" if len(commands) == 1 else "Commands:", ""] + [f"    {c}" for c in commands] + [""]
     return lines
 
 

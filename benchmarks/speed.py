@@ -20,7 +20,8 @@ before it (activations and temporaries; the variants' weights are all resident);
     python -m benchmarks.speed --device cuda:0 --steps 30 --out benchmarks/results/gpu/speed
 
 A variant the bundle's settings refuse (``fp16`` with a weighting that loss scaling would change, e.g. ``uw``) is
-skipped with a printed note. Writes ``<out>/speed.csv`` (one row per bundle and variant) and ``<out>/speed.png``.
+skipped with a printed note. Writes ``<out>/speed.csv`` (one row per bundle and variant), ``<out>/speed.png`` and
+``<out>/commands.txt`` (the command line, for the results page).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 from monai.data import list_data_collate
 
 from benchmarks.cost import _split, _sync, configured_parser
-from benchmarks.quality import parse_overrides
+from benchmarks.quality import command_line, parse_overrides, record_command
 from benchmarks.runner import write_csv
 from benchmarks.specs import REPO, SPECS, BundleSpec, get_spec
 from common.errors import SettingsError
@@ -267,6 +268,7 @@ def main() -> None:
         rows += bundle_rows
     write_csv(rows, out / "speed.csv")
     plot_speed(rows, out / "speed.png")
+    record_command(out, command_line("benchmarks.speed"))
     print(f"wrote {out / 'speed.csv'} and speed.png")
 
 

@@ -22,7 +22,14 @@ from benchmarks.cost import (
     ratio_row,
 )
 from benchmarks.paired import paired_rows, read_per_case, write_paired
-from benchmarks.quality import build_parser, comparison_rows, parse_strategy_overrides, run_benchmark, runs_table
+from benchmarks.quality import (
+    build_parser,
+    comparison_rows,
+    parse_strategy_overrides,
+    record_command,
+    run_benchmark,
+    runs_table,
+)
 from benchmarks.results_page import main as results_page_main
 from benchmarks.results_page import speed_section
 from benchmarks.runner import collect, write_csv
@@ -180,7 +187,10 @@ def test_speed_switches_measured_against_fp32(tmp_path):
     plot_speed(rows, out / "speed.png")
     assert (out / "speed.png").stat().st_size > 0
     page = "\n".join(speed_section(out, tmp_path / "assets"))
-    assert "## Speed switches" in page and "| cmr_fundus | bf16 |" in page and "benchmarks.speed" in page
+    assert "## Speed switches" in page and "| cmr_fundus | bf16 |" in page and "benchmarks.speed --device" in page
+    record_command(out, "python -m benchmarks.speed --threads 2 --out x")  # what a run writes: the page shows it
+    page = "\n".join(speed_section(out, tmp_path / "assets"))
+    assert "    python -m benchmarks.speed --threads 2 --out x" in page and "--device" not in page
     assert (tmp_path / "assets" / "speed.csv").exists()
 
 

@@ -88,6 +88,18 @@ def test_baseline_strategies_by_override(strategy, data_dir, tmp_path):
         assert "sbp_mae" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
+def test_clahe_option_is_recorded_and_checked_by_inference(data_dir, tmp_path):
+    over = {"dataset_dir": str(data_dir), "bundle_root": str(tmp_path), "epochs": 1, "clahe_clip_limit": 0.02, **SMALL}
+    run_bundle(BUNDLE, "train.json", over)
+    settings = json.loads((tmp_path / "models" / "model_settings.json").read_text())
+    assert settings["clahe_clip_limit"] == 0.02 and settings["image_size"] == SMALL.get("image_size", 128)
+    infer = {k: v for k, v in over.items() if k not in ("epochs", "clahe_clip_limit")}
+    proc = run_bundle(BUNDLE, "inference.json", {**infer, "output_dir": str(tmp_path / "pred")}, check=False)
+    assert proc.returncode == 1
+    assert "clahe_clip_limit: model 0.02, this run None" in proc.stderr.strip().splitlines()[-1]
+
+
 def _damaged_copy(data_dir: Path, tmp_path: Path, damage: str) -> tuple[Path, list[str]]:
     """A copy of ``data_dir`` in ``tmp_path / "bad"`` damaged as the contract test's ``damage`` case."""
     bad = tmp_path / "bad"

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 from PIL import Image
 from torch import nn
@@ -18,7 +19,14 @@ from common.engines import CooperativeTrainer, MultiTaskTrainer, build_trainer
 from common.inferers import DiscCropInferer
 from common.losses import MultiTaskLoss
 from common.metrics import VCDRMetrics, fit_vcdr_logistic, vertical_cdr
-from common.transforms import CheckColourImaged, DiscCropd, crop_box_from_mask, crop_square, paste_crop
+from common.transforms import (
+    AdaptiveHistogramEqualized,
+    CheckColourImaged,
+    DiscCropd,
+    crop_box_from_mask,
+    crop_square,
+    paste_crop,
+)
 from common.weighting import EqualWeighting
 
 
@@ -276,3 +284,25 @@ def test_disc_crop_inferer_fuses_only_the_trained_sources():
     assert torch.equal(cls_only["glaucoma_fused"], cls_only["glaucoma"])
     with pytest.raises(ValueError, match="sources must name"):
         DiscCropInferer(_BlobLocator(64), cls_task="glaucoma", sources=("cdr",))
+
+
+def test_clahe_raises_local_contrast_keeps_hue_range_and_meta():
+    yy, xx = np.mgrid[0:96, 0:96]
+    # a dim, low-contrast photograph: red-orange background with faint darker "vessels" and a brightness ramp
+    value = 60 + 20 * (xx / 95) - 8 * (np.abs(yy - 48) < 2)
+    img = np.stack([value, value * 0.5, value * 0.2]).astype(np.float32)
+    tensor = MetaTensor(torch.from_numpy(img), meta={"filename_or_obj": "photo.png"})
+    out = AdaptiveHistogramEqualized("image", clip_limit=0.02)({"image": tensor})["image"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "photo.png" and out.shape == img.shape
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 255.0
+    vessel, beside = out[0, 47:49, 20:76].mean(), out[0, 52:54, 20:76].mean()
+    assert float(beside - vessel) > 3 * 8  # the faint structure is enhanced
+    ratio = out[1] / out[0].clamp_min(1e-3)
+    assert torch.allclose(ratio[out[0] > 5], torch.tensor(0.5), atol=0.02)  # only the value channel changes
+    gray = AdaptiveHistogramEqualized("image")({"image": img[:1]})["image"]
+    assert isinstance(gray, np.ndarray) and gray.shape == (1, 96, 96) and gray.dtype == np.float32
+    assert AdaptiveHistogramEqualized("image", clip_limit=None)({"image": tensor})["image"] is tensor
+    with pytest.raises(ValueError, match="clip_limit"):
+        AdaptiveHistogramEqualized("image", clip_limit=2.0)
+    with pytest.raises(ValueError, match=r"\(1 or 3, H, W\)"):
+        AdaptiveHistogramEqualized("image")({"image": np.zeros((2, 8, 8), np.float32)})

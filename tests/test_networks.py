@@ -52,6 +52,24 @@ def test_masked_pass_does_not_change_classification():
     assert not torch.allclose(only["cls"], clean["cls"], atol=1e-5)
 
 
+def test_shared_pass_classifies_the_masked_view_in_one_encoder_pass():
+    torch.manual_seed(0)
+    two = small_vit().eval()
+    one = small_vit(shared_pass=True).eval()
+    one.load_state_dict(two.state_dict())  # same parameters: the option adds none
+    x = torch.randn(2, 2, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, :16] = 1
+    calls = []
+    one.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    shared = one(x, mask)
+    assert calls == [2]  # one pass of the batch, not of the doubled batch
+    masked_only = two(x, mask, classify=False)
+    assert torch.allclose(shared["cls"], masked_only["cls"], atol=1e-5)
+    assert torch.allclose(shared["mim"], masked_only["mim"], atol=1e-5)
+    assert torch.allclose(one(x)["cls"], two(x)["cls"], atol=1e-5)  # inference: the clean pass either way
+
+
 def test_mask_token_replaces_masked_patches_only():
     torch.manual_seed(0)
     net = small_vit().eval()

@@ -108,6 +108,9 @@ class ViTClassifierMIM(MultiTaskNet):
     clean pass feeds both heads (inference). With ``mim_mask`` (``(B, 1, H, W)``, 1 = masked, in blocks that are a
     multiple of ``patch_size``) the MIM head reconstructs from a masked pass while the classification head sees
     the clean image; both passes run as one batch. ``classify=False`` skips the clean pass (MIM pre-training).
+    ``shared_pass=True`` classifies the masked pass too: one encoder pass per training step instead of two (the
+    classification head then learns from masked images, a strong augmentation); inference is the clean pass
+    either way.
 
     Args:
         in_channels: number of MR modalities stacked as channels.
@@ -116,6 +119,7 @@ class ViTClassifierMIM(MultiTaskNet):
         hidden_size, mlp_dim, num_layers, num_heads, dropout_rate, qkv_bias: transformer settings.
         num_classes: classification outputs (1 = one logit for a binary task).
         save_attn: keep attention matrices for attention maps (slower; inference only).
+        shared_pass: with ``mim_mask``, feed both heads from the masked pass (no clean pass while training).
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class ViTClassifierMIM(MultiTaskNet):
         qkv_bias: bool = True,
         num_classes: int = 1,
         save_attn: bool = False,
+        shared_pass: bool = False,
     ) -> None:
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
@@ -147,6 +152,7 @@ class ViTClassifierMIM(MultiTaskNet):
         super().__init__(encoder, heads)
         self.in_channels = in_channels
         self.patch_size = patch_size
+        self.shared_pass = shared_pass
 
     def _reconstruct(self, tokens: torch.Tensor) -> torch.Tensor:
         b = tokens.shape[0]
@@ -164,7 +170,7 @@ class ViTClassifierMIM(MultiTaskNet):
             return {"cls": self.heads["cls"](tokens[:, 0]), "mim": self._reconstruct(tokens[:, 1:])}
         p = self.patch_size
         token_mask = mim_mask[:, 0, ::p, ::p].reshape(x.shape[0], -1)
-        if not classify:
+        if not classify or self.shared_pass:
             tokens = self.encoder(x, token_mask)
             return {"cls": self.heads["cls"](tokens[:, 0]), "mim": self._reconstruct(tokens[:, 1:])}
         b = x.shape[0]

@@ -6,12 +6,13 @@ from .case_checks import CheckMultimodalCased
 from .class_labels import MaskLabelOutsideForegroundd
 from .colour_image import CheckColourImaged, FrameContrastd, central_green_std, photo_to_rgb
 from .disc_crop import DiscCropd, crop_box_from_mask, crop_square, paste_crop
-from .intensity import standardize_channels
+from .intensity import AdaptiveHistogramEqualized, standardize_channels
 from .load_case import LoadCaseImaged
 from .seg_regions import KeepOneComponentLogits, SegRegionsd, keep_largest_component_logits, regions_to_label_map
 from .simmim_mask import SimMIMMaskd
 
 __all__ = [
+    "AdaptiveHistogramEqualized",
     "CheckColourImaged",
     "CheckMultimodalCased",
     "DiscCropd",
