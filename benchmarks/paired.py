@@ -1,4 +1,7 @@
-"""Paired comparison of the multi-task model with each single-task model on the same test cases.
+"""Paired comparison of the multi-task model with each single-task model on the same test cases; and of any two
+evaluations of the same cases (e.g. bf16 vs fp32, one setting vs another), from the command line:
+
+    python -m benchmarks.paired a/eval/per_case.csv b/eval/per_case.csv --metrics dice_mean idh_auc --names bf16 fp32
 
 For every run pair that differs only in the strategy (same bundle, data fraction, tag, seed and fold: the same
 split and the same test cases), the two runs' ``eval/per_case.csv`` rows are lined up case by case; the pairs of all
@@ -12,6 +15,7 @@ A headline metric ``<key>`` of ``metrics.json`` is compared through the per-case
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from collections.abc import Sequence
@@ -21,7 +25,8 @@ from benchmarks.runner import run_folder_name, write_csv
 from benchmarks.specs import BundleSpec
 from benchmarks.stats import paired_difference, verdict
 
-__all__ = ["PER_CASE", "paired_markdown", "paired_rows", "read_per_case", "verdict_line", "write_paired"]
+__all__ = ["PER_CASE", "compare_evaluations", "paired_markdown", "paired_rows", "read_per_case", "verdict_line",
+           "write_paired"]
 
 #: Where a run's per-case metrics are, under its folder.
 PER_CASE = Path("eval") / "per_case.csv"
@@ -206,3 +211,55 @@ def write_paired(rows: Sequence[dict], out: Path) -> None:
     """Write ``<out>/paired.csv`` and ``<out>/paired.md``."""
     write_csv(rows, out / "paired.csv")
     (out / "paired.md").write_text(paired_markdown(rows))
+
+
+def compare_evaluations(
+    path_a: Path, path_b: Path, metrics: Sequence[str], n_bootstrap: int = 2000
+) -> list[dict[str, float | str]]:
+    """Paired difference ``a - b`` of two evaluations of the same cases (their ``per_case.csv``), per metric.
+
+    Args:
+        path_a: the first evaluation's ``per_case.csv``.
+        path_b: the second's, of the same cases in the same order.
+        metrics: ``metrics.json`` keys defined by per-case columns (a mean column, or ``<stem>_auc`` from
+            ``<stem>_label`` and ``<stem>_prob``).
+        n_bootstrap: bootstrap resamples (whole cases).
+
+    Raises:
+        ValueError: the files hold other cases, or a metric has no per-case column (the message names it).
+    """
+    rows_a, rows_b = read_per_case(Path(path_a)), read_per_case(Path(path_b))
+    _align(rows_a, rows_b, f"{path_a} vs {path_b}")
+    out = []
+    for key in metrics:
+        cols = _columns(key, list(rows_a[0]) if rows_a else [])
+        if cols is None or (rows_b and cols[0] not in rows_b[0]):
+            raise ValueError(f"metric {key!r} has no per-case column in {path_a} and {path_b}.")
+        value, label = cols
+        res = paired_difference(
+            [r[value] for r in rows_a], [r[value] for r in rows_b], [r["case"] for r in rows_a],
+            [r[label] for r in rows_a] if label else None, n_bootstrap=n_bootstrap,
+        )  # fmt: skip
+        out.append({"metric": key, **res})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Paired difference of two evaluations of the same cases.")
+    parser.add_argument("per_case", nargs=2, type=Path, help="the two per_case.csv files (a, then b)")
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json keys, e.g. dice_mean idh_auc")
+    parser.add_argument("--names", nargs=2, default=["a", "b"], help="names of the two evaluations")
+    parser.add_argument("--n_bootstrap", type=int, default=2000)
+    args = parser.parse_args()
+    a, b = args.names
+    print(f"| metric | {a} | {b} | {a} - {b} [95% CI] | Wilcoxon p | cases |")
+    print("|---|---|---|---|---|---|")
+    for r in compare_evaluations(*args.per_case, args.metrics, args.n_bootstrap):
+        print(
+            f"| {r['metric']} | {_num(r['a'])} | {_num(r['b'])} | {_num(r['difference'])} "
+            f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}] | {_p(r['p_value'])} | {r['n_cases']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

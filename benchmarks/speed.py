@@ -21,12 +21,14 @@ before it (activations and temporaries; the variants' weights are all resident);
 
 A variant the bundle's settings refuse (``fp16`` with a weighting that loss scaling would change, e.g. ``uw``) is
 skipped with a printed note. Writes ``<out>/speed.csv`` (one row per bundle and variant), ``<out>/speed.png`` and
-``<out>/commands.txt`` (the command line, for the results page).
+``<out>/commands.txt`` (the command lines, for the results page); the rows of bundles not named in ``--bundles`` that
+an earlier run left in ``<out>/speed.csv`` are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import resource
 import statistics
@@ -198,6 +200,16 @@ def child_peak_rss(bundle: str, variant: str, dataset_dir: str, overrides: Seque
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of the other bundles already in ``path`` (an earlier run of the same ``--out``), in
+    the bundles' order: re-measuring one bundle keeps the others' rows."""
+    measured = {r["bundle"] for r in rows}
+    kept = [r for r in csv.DictReader(open(path))] if path.exists() else []
+    merged = [r for r in kept if r["bundle"] not in measured] + rows
+    order = list(SPECS)
+    return sorted(merged, key=lambda r: order.index(r["bundle"]) if r["bundle"] in order else len(order))
+
+
 def plot_speed(rows: Sequence[dict], path: Path) -> None:
     """Grouped bars of the training and inference speed-ups of each variant per bundle (1 = plain fp32)."""
     import matplotlib
@@ -266,6 +278,7 @@ def main() -> None:
         for r in bundle_rows:
             print(r, flush=True)
         rows += bundle_rows
+    rows = merge_rows(out / "speed.csv", rows)
     write_csv(rows, out / "speed.csv")
     plot_speed(rows, out / "speed.png")
     record_command(out, command_line("benchmarks.speed"))

@@ -21,7 +21,7 @@ from benchmarks.cost import (
     measure_weighting_overhead,
     ratio_row,
 )
-from benchmarks.paired import paired_rows, read_per_case, write_paired
+from benchmarks.paired import compare_evaluations, paired_rows, read_per_case, write_paired
 from benchmarks.quality import (
     build_parser,
     comparison_rows,
@@ -34,7 +34,7 @@ from benchmarks.results_page import main as results_page_main
 from benchmarks.results_page import speed_section
 from benchmarks.runner import collect, write_csv
 from benchmarks.specs import get_spec
-from benchmarks.speed import measure_speed, plot_speed
+from benchmarks.speed import measure_speed, merge_rows, plot_speed
 from benchmarks.stats import mean_ci, paired_difference, rank_auc, summarise, verdict
 from common.data import generate_brats_like
 from common.data.synthetic_cmr import generate_cmr_fundus_like
@@ -93,6 +93,24 @@ def test_paired_difference_detects_a_known_shift_and_not_a_null_one():
         paired_difference([1, 2], [1])
     with pytest.raises(ValueError, match="cases"):
         paired_difference([1, 2], [1, 2], ["a"])
+
+
+def test_compare_two_evaluations_of_the_same_cases(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2
+    dice_b = rng.uniform(0.6, 0.9, 40)
+    for name, dice, prob in (("a", dice_b + 0.05, labels * 0.6 + 0.2), ("b", dice_b, rng.uniform(0, 1, 40))):
+        with open(tmp_path / f"{name}.csv", "w") as f:
+            f.write("case,dice_mean,idh_label,idh_prob\n")
+            f.writelines(f"p{i},{d},{lab},{pr}\n" for i, (d, lab, pr) in enumerate(zip(dice, labels, prob)))
+    dice, auc = compare_evaluations(tmp_path / "a.csv", tmp_path / "b.csv", ["dice_mean", "idh_auc"], n_bootstrap=200)
+    assert dice["difference"] == pytest.approx(0.05) and dice["ci_low"] > 0 and dice["n_cases"] == 40
+    assert auc["a"] == 1.0 and auc["difference"] > 0
+    with pytest.raises(ValueError, match="'hd95_mean' has no per-case column"):
+        compare_evaluations(tmp_path / "a.csv", tmp_path / "b.csv", ["hd95_mean"])
+    (tmp_path / "c.csv").write_text("case,dice_mean\nq0,0.5\n")
+    with pytest.raises(ValueError, match="not the same cases"):
+        compare_evaluations(tmp_path / "a.csv", tmp_path / "c.csv", ["dice_mean"])
 
 
 def test_paired_rows_line_up_runs_of_one_seed_and_fold(tmp_path):
@@ -191,6 +209,10 @@ def test_speed_switches_measured_against_fp32(tmp_path):
     record_command(out, "python -m benchmarks.speed --threads 2 --out x")  # what a run writes: the page shows it
     page = "\n".join(speed_section(out, tmp_path / "assets"))
     assert "    python -m benchmarks.speed --threads 2 --out x" in page and "--device" not in page
+    other = [dict(r, bundle="brats_mtl") for r in rows]  # a later run of one bundle keeps the others' rows
+    merged = merge_rows(out / "speed.csv", other)
+    assert [r["bundle"] for r in merged] == ["brats_mtl"] * len(rows) + ["cmr_fundus"] * len(rows)
+    assert merge_rows(out / "speed.csv", rows) == rows
     assert (tmp_path / "assets" / "speed.csv").exists()
 
 
