@@ -175,10 +175,11 @@ def speed_section(folder: Path, assets: Path) -> list[str]:
             "peak memory"]  # fmt: skip
     lines += _table(head, body)
     if rows[0].get("memory_kind"):
-        child = rows[0]["memory_kind"].startswith("child process")
-        note = (" of a process that loads the bundle's data, builds that variant alone and runs two training steps and "
-                "one inference (the loaded data dominate it)") if child else ""
-        lines += ["", f"Peak memory: {rows[0]['memory_kind']}{note}."]
+        kind = rows[0]["memory_kind"]
+        if kind.startswith("child process"):
+            kind = ("the peak resident set (`ru_maxrss`) of a process that loads the bundle's data, builds that "
+                    "variant alone and runs two training steps and one inference (the loaded data dominate it)")
+        lines += ["", f"Peak memory: {kind}."]
     if (folder / "speed.png").exists():
         lines += ["", f"![speed switches]({_copy(folder / 'speed.png', assets, 'speed.png')})"]
     _copy(folder / "speed.csv", assets, "speed.csv")
