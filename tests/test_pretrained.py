@@ -22,6 +22,7 @@ from common.networks import (
     load_pretrained,
     load_pretrained_weights,
     read_state_dict,
+    resize_position_embeddings,
 )
 from tests.bundle_cli import bundle_configs, bundle_names, log_of, run_bundle
 from tests.bundle_specs import QUICK
@@ -219,6 +220,32 @@ def test_timm_vit_checkpoint_loads_with_the_key_map(tmp_path: Path) -> None:
     torch.save({"model": timm}, path)
     with pytest.raises(SettingsError, match="blocks.1.attn.qkv.weight"):  # strict: a missing tensor is an error
         load_pretrained_weights(_vit(depth), path, target="encoder", key_map="timm_vit")
+
+
+def test_vit_position_embeddings_of_another_grid_are_resized(tmp_path: Path) -> None:
+    """A timm ViT pre-trained at 32 px (4x4 patches of 8) loads into a 64-px model (8x8 grid): the position
+    embeddings are resized bicubically and reported; every other tensor loads as it is."""
+    dim, depth = 64, 2
+    timm = _timm_vit(dim, depth, 16, mlp=128, patch=8)
+    path = tmp_path / "vit_32px.pth"
+    torch.save({"model": timm}, path)
+    torch.manual_seed(0)
+    net = ViTClassifierMIM(in_channels=3, img_size=64, patch_size=8, hidden_size=dim, mlp_dim=128, num_layers=depth,
+                           num_heads=4)  # fmt: skip
+    report = load_pretrained_weights(net, path, target="encoder", key_map="timm_vit")
+    pos = net.encoder.patch_embedding.position_embeddings
+    expected = resize_position_embeddings(timm["pos_embed"][:, 1:], (8, 8))
+    assert pos.shape == (1, 64, dim) and torch.allclose(pos, expected)
+    grid = timm["pos_embed"][0, 1:].reshape(4, 4, dim)  # bicubic keeps a constant field constant, and the corners close
+    assert torch.allclose(pos[0].reshape(8, 8, dim).mean(dim=(0, 1)), grid.mean(dim=(0, 1)), atol=0.2)
+    assert report.resized == ["patch_embedding.position_embeddings: grid 4x4 -> 8x8"] and not report.mismatched
+    assert "position embeddings resized" in report.summary()
+    assert torch.equal(net.encoder.blocks[1].attn.qkv.weight, timm["blocks.1.attn.qkv.weight"])
+    assert resize_position_embeddings(torch.zeros(1, 15, dim), (4, 4)) is None  # not a square grid: unknown
+    timm["pos_embed"] = timm["pos_embed"][:, :16]  # CLS + 15 patches: no square grid, an error naming the key
+    torch.save({"model": timm}, path)
+    with pytest.raises(SettingsError, match="position_embeddings: file"):
+        load_pretrained_weights(net, path, target="encoder", key_map="timm_vit")
 
 
 def test_retfound_layout_loads_into_the_fundus_vit_backbone(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .pretrained import (
     load_pretrained_weights,
     read_state_dict,
     register_key_map,
+    resize_position_embeddings,
     timm_vit_to_monai,
 )
 from .sepl import SEPL_ARCHITECTURES, FactorHead, GatedFactorHead, PriorExpert, SePLNet
@@ -59,6 +60,7 @@ __all__ = [
     "random_patch_mask",
     "read_state_dict",
     "register_key_map",
+    "resize_position_embeddings",
     "timm_vit_to_monai",
     "torchvision_resnet",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "map_keys",
     "read_state_dict",
     "register_key_map",
+    "resize_position_embeddings",
     "submodule",
     "timm_vit_to_monai",
 ]
@@ -248,6 +249,7 @@ class PretrainedReport:
         self.unexpected: list[str] = []
         self.mismatched: list[str] = []  # "key: file (shape) vs network (shape)"
         self.kept: list[str] = []  # the target's own tensors the file's layout never holds (see KEY_MAPS)
+        self.resized: list[str] = []  # "key: grid a x b -> c x d" (ViT position embeddings interpolated)
 
     def summary(self) -> str:
         text = (
@@ -256,6 +258,7 @@ class PretrainedReport:
             + f") -> {self.target}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing from the file, "
             f"{len(self.unexpected)} in the file not used, {len(self.mismatched)} of another shape"
             + (f", {len(self.kept)} not in this layout kept" if self.kept else "")
+            + (f", position embeddings resized ({'; '.join(self.resized)})" if self.resized else "")
         )
         lists = (("missing", self.missing), ("not used", self.unexpected), ("shape", self.mismatched),
                  ("kept", self.kept))
@@ -263,6 +266,37 @@ class PretrainedReport:
             if keys:
                 text += f"; {name}: {_first(keys)}"
         return text
+
+
+def resize_position_embeddings(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+    """A ViT's learnt position embeddings ``(1, N, D)`` of a square ``sqrt(N)`` x ``sqrt(N)`` patch grid, resized
+    (bicubic, as timm and MAE fine-tuning do) to ``grid``: ``(1, grid[0] * grid[1], D)``; None when ``N`` is not a
+    square number (then the grid of the file is unknown)."""
+    if pos.ndim != 3 or pos.shape[0] != 1:
+        return None
+    side = int(round(pos.shape[1] ** 0.5))
+    if side * side != pos.shape[1]:
+        return None
+    dim = pos.shape[2]
+    image = pos.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    image = nn.functional.interpolate(image, size=tuple(grid), mode="bicubic", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).to(pos.dtype)
+
+
+def _target_grid(module: nn.Module, key: str, n: int) -> tuple[int, int] | None:
+    """Patch grid of the position embeddings ``key`` of ``module`` (``n`` positions): the owning ViT's ``grid``
+    attribute when it has one, else square."""
+    owner = module
+    for part in key.split(".")[:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            break
+        if isinstance(getattr(owner, "grid", None), tuple):
+            return tuple(owner.grid)
+    if isinstance(getattr(module, "grid", None), tuple):
+        return tuple(module.grid)
+    side = int(round(n**0.5))
+    return (side, side) if side * side == n else None
 
 
 def _written_with(path: str) -> str:
@@ -308,8 +342,9 @@ def load_pretrained_weights(
     """Load the pretrained weights in ``path`` into ``network`` (or its submodule ``target``); return the report.
 
     Every tensor whose (mapped) name and shape match is loaded; the report (loaded / missing / not used / other
-    shape) is logged. Keys of the file the target does not have (an ImageNet classifier, an MAE decoder) are never
-    an error.
+    shape) is logged. A ViT's position embeddings learnt on another patch grid (e.g. RETFound's 14x14 at 224 px
+    into a 256-px or 128-px model) are resized bicubically to this network's grid, and the report says so. Keys of
+    the file the target does not have (an ImageNet classifier, an MAE decoder) are never an error.
 
     Args:
         network: the network (a DDP/DataParallel wrapper is looked through).
@@ -337,6 +372,15 @@ def load_pretrained_weights(
             report.kept.append(key)
         elif key not in mapped:
             report.missing.append(key)
+        elif tuple(mapped[key].shape) != tuple(value.shape) and key.endswith("position_embeddings"):
+            grid = _target_grid(module, key, value.shape[1]) if value.ndim == 3 else None
+            resized = resize_position_embeddings(mapped[key], grid) if grid else None
+            if resized is not None and tuple(resized.shape) == tuple(value.shape):
+                side = int(round(mapped[key].shape[1] ** 0.5))
+                report.resized.append(f"{key}: grid {side}x{side} -> {grid[0]}x{grid[1]}")
+                loadable[key] = resized
+            else:
+                report.mismatched.append(f"{key}: file {tuple(mapped[key].shape)} vs network {tuple(value.shape)}")
         elif tuple(mapped[key].shape) != tuple(value.shape):
             report.mismatched.append(f"{key}: file {tuple(mapped[key].shape)} vs network {tuple(value.shape)}")
         else:
