@@ -204,7 +204,10 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     """``rows`` plus the rows of the other bundles already in ``path`` (an earlier run of the same ``--out``), in
     the bundles' order: re-measuring one bundle keeps the others' rows."""
     measured = {r["bundle"] for r in rows}
-    kept = [r for r in csv.DictReader(open(path))] if path.exists() else []
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = list(csv.DictReader(f))
     merged = [r for r in kept if r["bundle"] not in measured] + rows
     order = list(SPECS)
     return sorted(merged, key=lambda r: order.index(r["bundle"]) if r["bundle"] in order else len(order))
