@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from common.pacs import (  # noqa: E402
     Destination,
     DestinationError,
     Outbox,
+    PacsError,
     backoff_delay,
+    cstore_instances,
     load_credentials,
     present_instances,
 )
@@ -147,6 +151,67 @@ def test_cstore_round_trip_cli(pacs, tmp_path):
     assert f"NOT_THE_PACS@{pacs.host}:{pacs.dicom_port}: association rejected" in res.stderr, res.stderr
     assert stored_in_study(pacs, study_of(case3.values())) == []
     assert len(Outbox(str(outbox)).pending()) == 1
+
+
+class _OneShotAcceptor:
+    """A TCP listener on 127.0.0.1 that reads each association request, answers ``reply`` (raw PDU bytes, or
+    nothing) and closes at once: what a PACS refusing the called AE title does on the wire, with the close racing
+    the reply."""
+
+    def __init__(self, reply: bytes):
+        self.reply, self.sock = reply, socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                header = conn.recv(6)
+                length = int.from_bytes(header[2:6], "big") if len(header) == 6 else 0
+                while length > 0:
+                    chunk = conn.recv(min(length, 65536))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+                if self.reply:
+                    conn.sendall(self.reply)
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def test_cstore_failure_diagnosis_without_pacs(tmp_path):
+    """Rejected (even when the PACS closes the connection straight after its A-ASSOCIATE-RJ), closed without an
+    answer, and nothing listening each get their own message naming the destination."""
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    rj = A_ASSOCIATE_RJ()
+    rj.result, rj.source, rj.reason_diagnostic = 1, 1, 7  # permanent, service user, called AE title not recognised
+    datasets = [pydicom.dcmread(p) for p in make_case(tmp_path / "case").values()]
+    for reply, expected in ((rj.encode(), "association rejected: Called AE title not recognised"),
+                            (b"", "the PACS closed the connection without accepting the association")):
+        server = _OneShotAcceptor(reply)
+        try:
+            dest = Destination(protocol="cstore", host="127.0.0.1", port=server.port, ae_title="WRONG", timeout=5)
+            for _ in range(10):  # the close races the reply: every try must read as the same failure
+                with pytest.raises(PacsError, match=f"WRONG@127.0.0.1:{server.port}: {expected}"):
+                    cstore_instances(dest, datasets)
+        finally:
+            server.close()
+    with socket.socket() as bound:  # bound, not listening: connection refused
+        bound.bind(("127.0.0.1", 0))
+        dest = Destination(protocol="cstore", host="127.0.0.1", port=bound.getsockname()[1], ae_title="WRONG",
+                           timeout=5)
+        with pytest.raises(PacsError, match=r"unreachable \(no connection: refused or timed out\)"):
+            cstore_instances(dest, datasets)
 
 
 def test_wrong_password_kept_and_not_logged(pacs, tmp_path):

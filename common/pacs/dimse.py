@@ -15,6 +15,8 @@ from .dicomweb import StoreOutcome
 _HINT = "{} failed: PACS export by DIMSE C-STORE needs `pip install pynetdicom`"
 AE, _ = optional_import("pynetdicom", name="AE", descriptor=_HINT)
 code_to_category, _ = optional_import("pynetdicom.status", name="code_to_category", descriptor=_HINT)
+evt, _ = optional_import("pynetdicom", name="evt", descriptor=_HINT)
+A_ASSOCIATE_RJ, _ = optional_import("pynetdicom.pdu", name="A_ASSOCIATE_RJ", descriptor=_HINT)
 
 __all__ = ["presentation_contexts", "cstore_instances"]
 
@@ -59,15 +61,32 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
     ae.connection_timeout = dest.timeout
     for sop_class, syntaxes in presentation_contexts(datasets).items():
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate(dest.host, int(dest.port), ae_title=dest.ae_title)
+    # What the transport saw, from pynetdicom's notification events: its association flags alone lose a rejection
+    # when the PACS closes the connection right after its A-ASSOCIATE-RJ (the reader thread can close the socket
+    # before the requesting thread looks, and the rejection then reads as an abort).
+    seen: dict = {"connected": False, "rejection": None}
+
+    def _on_open(event) -> None:
+        seen["connected"] = True
+
+    def _on_pdu(event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen["rejection"] = event.pdu
+
+    handlers = [(evt.EVT_CONN_OPEN, _on_open), (evt.EVT_PDU_RECV, _on_pdu)]
+    assoc = ae.associate(dest.host, int(dest.port), ae_title=dest.ae_title, evt_handlers=handlers)
     if not assoc.is_established:
-        if assoc.is_rejected:
-            raise PacsError(f"{where}: association rejected (check the called AE title '{dest.ae_title}' and that "
-                            f"the PACS accepts calling AE title '{dest.calling_ae_title}')")
+        hint = (f"check the called AE title '{dest.ae_title}' and that the PACS accepts calling AE title "
+                f"'{dest.calling_ae_title}'")
+        if assoc.is_rejected or seen["rejection"] is not None:
+            reason = getattr(seen["rejection"], "reason_str", None)
+            raise PacsError(f"{where}: association rejected{f': {reason}' if reason else ''} ({hint})")
         if assoc.rejected_contexts and not assoc.accepted_contexts:
             classes = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts})
             raise PacsError(f"{where}: the PACS accepts none of the SOP classes/transfer syntaxes proposed ({classes})")
-        raise PacsError(f"{where}: unreachable (no association: connection refused, timed out or aborted)")
+        if seen["connected"]:
+            raise PacsError(f"{where}: the PACS closed the connection without accepting the association ({hint})")
+        raise PacsError(f"{where}: unreachable (no connection: refused or timed out)")
     confirmed, failed, ambiguous = [], {}, []
     try:
         for ds in datasets:
