@@ -50,7 +50,8 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
     """Send ``datasets`` by C-STORE over one association; confirmed = status Success or Warning (stored).
 
     Raises:
-        PacsError: association rejected/aborted or PACS unreachable (nothing confirmed).
+        PacsError: association rejected, connection closed without an answer, or PACS unreachable (nothing
+            confirmed).
     """
     dest.check_protocol("cstore")
     if not datasets:
@@ -64,7 +65,7 @@ def cstore_instances(dest: Destination, datasets: Sequence[pydicom.Dataset]) -> 
     # What the transport saw, from pynetdicom's notification events: its association flags alone lose a rejection
     # when the PACS closes the connection right after its A-ASSOCIATE-RJ (the reader thread can close the socket
     # before the requesting thread looks, and the rejection then reads as an abort).
-    seen: dict = {"connected": False, "rejection": None}
+    seen: dict[str, object] = {"connected": False, "rejection": None}
 
     def _on_open(event) -> None:
         seen["connected"] = True
